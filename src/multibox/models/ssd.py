@@ -1,0 +1,145 @@
+"""The SSD detector module: backbone -> extra layers -> heads, plus post-processing.
+
+One forward pass, top to bottom:
+
+1. normalise the ``(N, 3, H, W)`` float RGB image (0-255) with the backbone's mean/std;
+2. the backbone returns its feature maps; those listed in ``backbone_maps`` go to
+   the head, and the last one feeds the chain of extra layers, each adding a map;
+3. the head predicts ``(N, P, 4)`` offsets and ``(N, P, K)`` logits over all maps.
+
+:meth:`SSD.predict` adds decoding, score filtering, per-class NMS and top-k
+(see :func:`multibox.nms.postprocess`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..boxes import DEFAULT_VARIANCES
+from ..nms import Detections, postprocess
+from ..priors import FeatureMapPriors, make_priors
+from .heads import SSDHead
+
+
+@dataclass
+class PostprocessConfig:
+    """Post-processing defaults (the paper's evaluation settings)."""
+
+    score_threshold: float = 0.01
+    iou_threshold: float = 0.45
+    max_detections: int = 200
+    candidates_per_class: int | None = 400
+
+
+class SSD(nn.Module):
+    """Single Shot MultiBox Detector.
+
+    Args:
+        backbone: module returning a list of feature maps.
+        extras: modules applied in sequence to the backbone's last map; each output is a map.
+        head: :class:`SSDHead` over the selected backbone maps followed by the extra maps.
+        prior_maps: prior shapes per feature map, in head order.
+        num_classes: object classes ``C`` (labels ``1..C``; background is implicit).
+        image_size: ``(height, width)`` the model expects.
+        score_type: ``"softmax"`` (logits have a background column) or ``"sigmoid"``.
+        mean, std: per-channel normalisation in 0-255 pixel units.
+        backbone_maps: indices of backbone outputs fed to the head.
+        clip_priors: clip priors to the image.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        extras: Sequence[nn.Module],
+        head: SSDHead,
+        prior_maps: Sequence[FeatureMapPriors],
+        num_classes: int,
+        image_size: tuple[int, int],
+        score_type: str = "softmax",
+        mean: Sequence[float] = (123.675, 116.28, 103.53),
+        std: Sequence[float] = (58.395, 57.12, 57.375),
+        backbone_maps: Sequence[int] = (0, 1),
+        clip_priors: bool = False,
+        variances: tuple[float, float] = DEFAULT_VARIANCES,
+        postprocess_config: PostprocessConfig | None = None,
+    ) -> None:
+        super().__init__()
+        if score_type not in ("softmax", "sigmoid"):
+            raise ValueError(f"score_type must be 'softmax' or 'sigmoid', got {score_type!r}")
+        expected_logits = num_classes + 1 if score_type == "softmax" else num_classes
+        if head.num_logits != expected_logits:
+            raise ValueError(f"head has {head.num_logits} logits per prior, expected {expected_logits}")
+        self.backbone = backbone
+        self.extras = nn.ModuleList(extras)
+        self.head = head
+        self.prior_maps = list(prior_maps)
+        self.num_classes = num_classes
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.score_type = score_type
+        self.backbone_maps = tuple(backbone_maps)
+        self.variances = variances
+        self.postprocess_config = postprocess_config or PostprocessConfig()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("priors", make_priors(self.prior_maps, clip=clip_priors), persistent=False)
+
+    @property
+    def num_priors(self) -> int:
+        return self.priors.shape[0]
+
+    def feature_maps(self, images: Tensor) -> list[Tensor]:
+        x = (images - self.mean) / self.std
+        maps = self.backbone(x)
+        if isinstance(maps, Tensor):
+            maps = [maps]
+        selected = [maps[i] for i in self.backbone_maps]
+        x = maps[-1]
+        for layer in self.extras:
+            x = layer(x)
+            selected.append(x)
+        return selected
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """``images (N, 3, H, W)`` float RGB in 0-255 -> ``(offsets (N, P, 4), logits (N, P, K))``."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+        maps = self.feature_maps(images)
+        sizes = [tuple(m.shape[-2:]) for m in maps]
+        expected = [pm.size for pm in self.prior_maps]
+        if sizes != expected:
+            raise ValueError(
+                f"feature map sizes {sizes} do not match the priors {expected}; this model expects "
+                f"{self.image_size[0]}x{self.image_size[1]} inputs, got {images.shape[-2]}x{images.shape[-1]}"
+            )
+        return self.head(maps)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images: Tensor,
+        image_sizes: Tensor | None = None,
+        score_threshold: float | None = None,
+        iou_threshold: float | None = None,
+        max_detections: int | None = None,
+    ) -> Detections:
+        """Detections for a batch; boxes in pixels of ``image_sizes`` ``(N, 2)`` (h, w) if given,
+        else in pixels of the network input."""
+        cfg = self.postprocess_config
+        loc, logits = self(images)
+        if image_sizes is None:
+            image_sizes = torch.tensor([images.shape[-2:]], device=images.device).expand(images.shape[0], 2)
+        return postprocess(
+            loc,
+            logits,
+            self.priors,
+            score_type=self.score_type,
+            score_threshold=cfg.score_threshold if score_threshold is None else score_threshold,
+            iou_threshold=cfg.iou_threshold if iou_threshold is None else iou_threshold,
+            max_detections=cfg.max_detections if max_detections is None else max_detections,
+            candidates_per_class=cfg.candidates_per_class,
+            image_sizes=image_sizes,
+            variances=self.variances,
+        )

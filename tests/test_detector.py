@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from multibox import Detector, create_model
+from multibox.data.image import ImageReadError
+
+
+@pytest.fixture(scope="module")
+def detector():
+    torch.manual_seed(0)
+    model = create_model("ssd_resnet18", num_classes=2)
+    # make class 1 fire everywhere so predictions are not empty
+    for block in model.head.classification:
+        torch.nn.init.zeros_(block.weight)
+        block.bias.data.view(-1, 2)[:, 0] = 2.0
+    return Detector(model, ["cat", "dog"])
+
+
+def test_predict_accepts_paths_arrays_and_tensors(detector, tmp_path):
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    tensor = torch.from_numpy(arr).permute(2, 0, 1)
+    preds = detector.predict([tmp_path / "a.png", arr, tensor, tensor.float() / 255])
+    assert len(preds) == 4
+    for p in preds:
+        assert p.image_size == (120, 200)
+        assert len(p) > 0
+        assert set(p.names) == {"cat"}
+        assert (p.boxes[:, 0] >= 0).all() and (p.boxes[:, 2] <= 200).all() and (p.boxes[:, 3] <= 120).all()
+        assert (np.diff(p.scores) <= 0).all()
+    # the same pixels give the same detections whatever the input type
+    np.testing.assert_allclose(preds[0].boxes, preds[1].boxes, atol=1e-4)
+    np.testing.assert_allclose(preds[1].scores, preds[2].scores, atol=1e-6)
+    assert preds[0].source.endswith("a.png")
+    d = preds[0].to_dict()
+    assert d["detections"][0]["name"] == "cat" and len(d["detections"][0]["box"]) == 4
+
+
+def test_boxes_scale_back_to_original_pixels(detector):
+    arr = np.zeros((100, 400, 3), dtype=np.uint8)
+    small = detector.predict(arr)[0]
+    big = detector.predict(np.zeros((200, 800, 3), dtype=np.uint8))[0]
+    np.testing.assert_allclose(big.boxes, small.boxes * 2, rtol=1e-4, atol=1e-3)
+
+
+def test_bad_inputs(detector, tmp_path):
+    with pytest.raises(ImageReadError, match="missing.jpg: image file not found"):
+        detector.predict(str(tmp_path / "missing.jpg"))
+    (tmp_path / "text.jpg").write_text("hello")
+    with pytest.raises(ImageReadError, match="text.jpg"):
+        detector.predict(str(tmp_path / "text.jpg"))
+    with pytest.raises(ValueError, match="uint8"):
+        detector.predict(np.zeros((10, 10, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):
+        detector.predict(torch.zeros(10, 10))
+    with pytest.raises(TypeError, match="unsupported image type"):
+        detector.predict([123])
+    with pytest.raises(ValueError, match="class names"):
+        Detector(create_model("ssd_resnet18", num_classes=2), ["one"])

@@ -1,0 +1,122 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from multibox.boxes import encode_boxes, xyxy_to_cxcywh
+from multibox.losses import FocalLoss, MultiBoxLoss, hard_negative_mask, prior_probability_bias, sigmoid_focal_loss
+from multibox.matching import match_priors
+from multibox.priors import ssd300_priors
+
+PRIORS = xyxy_to_cxcywh(
+    torch.tensor(
+        [[0.0, 0.0, 0.5, 0.5], [0.5, 0.0, 1.0, 0.5], [0.0, 0.5, 0.5, 1.0], [0.5, 0.5, 1.0, 1.0], [0.1, 0.1, 0.3, 0.3]]
+    )
+)
+
+
+def test_multibox_loss_by_hand():
+    # one object exactly on prior 0 -> 1 positive, 3 hard negatives of 4 negatives
+    gt = torch.tensor([[[0.0, 0.0, 0.5, 0.5]]])
+    labels = torch.tensor([[1]])
+    loc = torch.zeros(1, 5, 4)
+    loc[0, 0] = torch.tensor([0.5, -2.0, 0.0, 0.0])  # target is 0: smooth L1 = 0.5*0.25 + (2 - 0.5) = 1.625
+    logits = torch.zeros(1, 5, 3)
+    logits[0, 4, 0] = 5.0  # prior 4 is a confident background: the easiest negative, not mined
+    out = MultiBoxLoss(PRIORS)(loc, logits, gt, labels)
+    ce_uniform = math.log(3)
+    assert out.num_positives.item() == 1
+    assert out.loc.item() == pytest.approx(1.625)
+    # positive + 3 hardest negatives (priors 1, 2, 3) each cost log 3
+    assert out.conf.item() == pytest.approx(4 * ce_uniform, rel=1e-6)
+    assert out.loss.item() == pytest.approx(1.625 + 4 * ce_uniform, rel=1e-6)
+
+
+def test_no_positive_batch_is_finite_zero_and_differentiable():
+    loc = torch.randn(2, 5, 4, requires_grad=True)
+    logits = torch.randn(2, 5, 3, requires_grad=True)
+    out = MultiBoxLoss(PRIORS)(loc, logits, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long))
+    assert out.loss.item() == 0.0
+    out.loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_hard_negatives_never_include_positives_and_respect_ratio():
+    conf = torch.tensor([[9.0, 8.0, 1.0, 2.0, 3.0, 0.5, 7.0]])
+    pos = torch.tensor([[True, False, False, False, False, False, True]])
+    neg = hard_negative_mask(conf, pos, 3)
+    # 2 positives -> 6 wanted, only 5 negatives exist -> all 5
+    assert neg.tolist() == [[False, True, True, True, True, True, False]]
+    neg = hard_negative_mask(conf, pos, 1)
+    assert neg.tolist() == [[False, True, False, False, True, False, False]]
+
+
+def _slow_multibox_loss(loc, logits, gt, labels, priors, thr=0.5, ratio=3):
+    """Independent per-image implementation with explicit sorting."""
+    total_loc, total_conf, total_pos = 0.0, 0.0, 0
+    matches = match_priors(gt, labels, priors, thr)
+    for i in range(loc.shape[0]):
+        lab = matches.labels[i]
+        pos = lab > 0
+        npos = int(pos.sum())
+        total_pos += npos
+        if npos:
+            t = encode_boxes(matches.boxes[i][pos], priors[pos])
+            d = (loc[i][pos] - t).abs()
+            total_loc += float(torch.where(d < 1, 0.5 * d**2, d - 0.5).sum())
+        ce = [float(-F.log_softmax(logits[i, p], -1)[lab[p]]) for p in range(len(lab))]
+        neg_losses = sorted((ce[p] for p in range(len(lab)) if not pos[p]), reverse=True)
+        total_conf += sum(ce[p] for p in range(len(lab)) if pos[p]) + sum(neg_losses[: ratio * npos])
+    n = max(total_pos, 1)
+    return total_loc / n, total_conf / n
+
+
+def test_multibox_loss_matches_slow_reference_on_ssd300():
+    g = torch.Generator().manual_seed(1)
+    priors = ssd300_priors()
+    n, m = 3, 5
+    xy = torch.rand(n, m, 2, generator=g) * 0.6
+    gt = torch.cat((xy, xy + torch.rand(n, m, 2, generator=g) * 0.35 + 0.03), -1)
+    labels = torch.randint(1, 21, (n, m), generator=g)
+    labels[0, 2:] = 0
+    labels[2] = 0  # an image with no objects
+    loc = torch.randn(n, len(priors), 4, generator=g)
+    logits = torch.randn(n, len(priors), 21, generator=g)
+    out = MultiBoxLoss(priors)(loc, logits, gt, labels)
+    ref_loc, ref_conf = _slow_multibox_loss(loc, logits, gt, labels, priors)
+    assert out.loc.item() == pytest.approx(ref_loc, rel=1e-5)
+    assert out.conf.item() == pytest.approx(ref_conf, rel=1e-5)
+
+
+def test_sigmoid_focal_loss_by_hand():
+    x = torch.tensor([0.0, 0.0, 2.0])
+    t = torch.tensor([1.0, 0.0, 0.0])
+    got = sigmoid_focal_loss(x, t, alpha=0.25, gamma=2.0)
+    p2 = 1 / (1 + math.exp(-2))
+    expected = [0.25 * 0.25 * math.log(2), 0.75 * 0.25 * math.log(2), 0.75 * p2**2 * -math.log(1 - p2)]
+    assert got.tolist() == pytest.approx(expected, rel=1e-6)
+    # gamma 0 and alpha disabled is plain BCE
+    assert sigmoid_focal_loss(x, t, alpha=-1, gamma=0).tolist() == pytest.approx(
+        F.binary_cross_entropy_with_logits(x, t, reduction="none").tolist()
+    )
+
+
+def test_focal_loss_module_by_hand():
+    gt = torch.tensor([[[0.0, 0.0, 0.5, 0.5]]])
+    labels = torch.tensor([[2]])
+    loc = torch.zeros(1, 5, 4)
+    logits = torch.zeros(1, 5, 2)  # 2 classes, no background column
+    out = FocalLoss(PRIORS)(loc, logits, gt, labels)
+    # 1 positive (prior 0, class 2 -> column 1); 10 logits all p = 0.5:
+    # 1 positive entry 0.25*0.25*ln2, 9 negative entries 0.75*0.25*ln2
+    expected = (0.25 * 0.25 + 9 * 0.75 * 0.25) * math.log(2)
+    assert out.conf.item() == pytest.approx(expected, rel=1e-6)
+    assert out.loc.item() == 0.0
+
+
+def test_prior_probability_bias():
+    b = prior_probability_bias(0.01)
+    assert 1 / (1 + math.exp(-b)) == pytest.approx(0.01)
+    with pytest.raises(ValueError):
+        prior_probability_bias(1.5)

@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from multibox.boxes import xyxy_to_cxcywh
+from multibox.matching import match_priors
+from multibox.priors import ssd300_priors
+
+
+def _priors(xyxy):
+    return xyxy_to_cxcywh(torch.tensor(xyxy, dtype=torch.float32))
+
+
+PRIORS = _priors(
+    [
+        [0.0, 0.0, 0.5, 0.5],  # 0
+        [0.5, 0.0, 1.0, 0.5],  # 1
+        [0.0, 0.5, 0.5, 1.0],  # 2
+        [0.5, 0.5, 1.0, 1.0],  # 3
+        [0.0, 0.0, 0.4, 0.5],  # 4: IoU 0.8 with prior 0
+    ]
+)
+
+
+def test_threshold_and_best_prior():
+    gt = torch.tensor([[[0.0, 0.0, 0.5, 0.5]]])
+    m = match_priors(gt, torch.tensor([[2]]), PRIORS)
+    # prior 0 is identical (IoU 1), prior 4 has IoU 0.8 >= 0.5, the rest 0
+    assert m.labels.tolist() == [[2, 0, 0, 0, 2]]
+    assert m.object_index.tolist() == [[0, -1, -1, -1, 0]]
+    assert m.boxes[0, 4].tolist() == [0.0, 0.0, 0.5, 0.5]
+
+
+def test_object_below_threshold_keeps_its_best_prior():
+    # a small box inside prior 3: IoU = 0.04/0.25 = 0.16 < 0.5, still matched to prior 3 only
+    gt = torch.tensor([[[0.6, 0.6, 0.8, 0.8]]])
+    m = match_priors(gt, torch.tensor([[1]]), PRIORS)
+    assert m.labels.tolist() == [[0, 0, 0, 1, 0]]
+
+
+def test_two_objects_sharing_a_best_prior_later_wins_and_priors_take_best_object():
+    gt = torch.tensor([[[0.6, 0.6, 0.8, 0.8], [0.55, 0.55, 0.85, 0.85], [0.0, 0.0, 0.45, 0.5]]])
+    labels = torch.tensor([[1, 2, 3]])
+    m = match_priors(gt, labels, PRIORS)
+    # objects 0 and 1 both have prior 3 as best: object 1 (later) wins
+    # object 2: IoU with prior 0 = 0.225/0.25 = 0.9, with prior 4 = 0.2/0.225 = 0.889
+    assert m.labels.tolist() == [[3, 0, 0, 2, 3]]
+    assert m.object_index.tolist() == [[2, -1, -1, 1, 2]]
+
+
+def test_padding_and_empty_images_in_one_batch():
+    gt = torch.zeros(3, 2, 4)
+    labels = torch.zeros(3, 2, dtype=torch.long)
+    gt[0, 0] = torch.tensor([0.5, 0.5, 1.0, 1.0])
+    labels[0, 0] = 4
+    gt[2, 1] = torch.tensor([0.5, 0.0, 1.0, 0.5])
+    labels[2, 1] = 7
+    m = match_priors(gt, labels, PRIORS)
+    assert m.labels.tolist() == [[0, 0, 0, 4, 0], [0, 0, 0, 0, 0], [0, 7, 0, 0, 0]]
+
+
+def test_batch_with_no_objects_at_all():
+    m = match_priors(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long), PRIORS)
+    assert m.labels.shape == (2, 5) and m.labels.sum() == 0
+    assert (m.object_index == -1).all()
+
+
+def _reference_match(gt, labels, priors_xyxy, thr):
+    """Straightforward per-image version of the SSD matching loop."""
+    from multibox.boxes import box_iou
+
+    out = []
+    for g, l in zip(gt, labels):
+        keep = l > 0
+        g, l = g[keep], l[keep]
+        res = torch.zeros(len(priors_xyxy), dtype=torch.long)
+        if len(g) == 0:
+            out.append(res)
+            continue
+        iou = box_iou(g, priors_xyxy)
+        best_iou, best_obj = iou.max(0)
+        for j in range(len(g)):
+            p = int(iou[j].argmax())
+            best_obj[p] = j
+            best_iou[p] = 2.0
+        res = l[best_obj].clone()
+        res[best_iou < thr] = 0
+        out.append(res)
+    return torch.stack(out)
+
+
+def test_matches_reference_loop_on_ssd300_priors():
+    g = torch.Generator().manual_seed(0)
+    priors = ssd300_priors()
+    from multibox.boxes import cxcywh_to_xyxy
+
+    n, m = 4, 6
+    xy = torch.rand(n, m, 2, generator=g) * 0.7
+    wh = torch.rand(n, m, 2, generator=g) * 0.3 + 0.02
+    gt = torch.cat((xy, xy + wh), -1)
+    labels = torch.randint(1, 5, (n, m), generator=g)
+    labels[1, 3:] = 0
+    labels[2] = 0
+    got = match_priors(gt, labels, priors).labels
+    assert torch.equal(got, _reference_match(gt, labels, cxcywh_to_xyxy(priors), 0.5))
+
+
+def test_bad_targets_raise_clear_errors():
+    with pytest.raises(ValueError, match=r"x2 < x1"):
+        match_priors(torch.tensor([[[0.5, 0.5, 0.1, 0.9]]]), torch.tensor([[1]]), PRIORS)
+    with pytest.raises(ValueError, match="non-finite"):
+        match_priors(torch.tensor([[[0.1, float("nan"), 0.2, 0.9]]]), torch.tensor([[1]]), PRIORS)
+    with pytest.raises(ValueError, match=r"\(N, M, 4\)"):
+        match_priors(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), PRIORS)
+    with pytest.raises(ValueError, match="gt_labels"):
+        match_priors(torch.zeros(1, 2, 4), torch.zeros(1, 3, dtype=torch.long), PRIORS)

@@ -1,0 +1,117 @@
+import pytest
+import torch
+
+from multibox.boxes import box_iou, clip_boxes, decode_boxes
+from multibox.nms import batched_nms, greedy_nms_mask, postprocess
+from multibox.priors import ssd300_priors
+
+
+def reference_nms(boxes, scores, thr):
+    """Textbook greedy NMS: indices kept, best first."""
+    order = scores.argsort(descending=True).tolist()
+    keep = []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        order = [j for j in order if box_iou(boxes[i : i + 1], boxes[j : j + 1]).item() <= thr]
+    return keep
+
+
+def reference_postprocess(loc, logits, priors, thr=0.01, nms=0.45, top=200, cand=400, sizes=None):
+    """Per image, per class loop in the style of public SSD code."""
+    out = []
+    scores_all = torch.softmax(logits, -1)
+    for i in range(loc.shape[0]):
+        boxes = clip_boxes(decode_boxes(loc[i], priors))
+        dets = []
+        for c in range(1, logits.shape[-1]):
+            s = scores_all[i, :, c]
+            idx = (s > thr).nonzero().flatten()
+            idx = idx[s[idx].argsort(descending=True)][:cand]
+            kept = reference_nms(boxes[idx], s[idx], nms)
+            dets += [(float(s[idx[k]]), c, boxes[idx[k]]) for k in kept]
+        dets.sort(key=lambda d: -d[0])
+        dets = dets[:top]
+        b = torch.stack([d[2] for d in dets]) if dets else torch.zeros(0, 4)
+        if sizes is not None:
+            h, w = sizes[i].tolist()
+            b = b * torch.tensor([w, h, w, h])
+        out.append((b, torch.tensor([d[0] for d in dets]), torch.tensor([d[1] for d in dets], dtype=torch.long)))
+    return out
+
+
+def test_greedy_mask_chain_by_hand():
+    # A suppresses B, B would suppress C but B is gone, so C survives: keep A, C
+    iou = torch.tensor([[[1.0, 0.6, 0.1], [0.6, 1.0, 0.6], [0.1, 0.6, 1.0]]])
+    keep = greedy_nms_mask(iou, torch.ones(1, 3, dtype=torch.bool), 0.5)
+    assert keep.tolist() == [[True, False, True]]
+
+
+def test_batched_nms_equals_reference_per_group():
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(300, 2, generator=g)
+    boxes = torch.cat((xy, xy + torch.rand(300, 2, generator=g) * 0.3), 1)
+    scores = torch.rand(300, generator=g)
+    groups = torch.randint(0, 4, (300,), generator=g)
+    got = batched_nms(boxes, scores, groups, 0.5)
+    expected = []
+    for c in range(4):
+        idx = (groups == c).nonzero().flatten()
+        expected += idx[reference_nms(boxes[idx], scores[idx], 0.5)].tolist()
+    assert sorted(got.tolist()) == sorted(expected)
+    assert (scores[got][:-1] >= scores[got][1:]).all()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_postprocess_equals_per_class_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    priors = ssd300_priors()
+    n, c = 3, 6
+    loc = torch.randn(n, len(priors), 4, generator=g) * 0.5
+    logits = torch.randn(n, len(priors), c, generator=g) * 2
+    logits[..., 0] += 4.0  # mostly background, as a trained model: a few hundred candidates
+    sizes = torch.tensor([[480.0, 640.0], [300.0, 300.0], [1371.0, 2048.0]])
+    det = postprocess(loc, logits, priors, image_sizes=sizes)
+    ref = reference_postprocess(loc, logits, priors, sizes=sizes)
+    for i, d in enumerate(det.per_image()):
+        rb, rs, rl = ref[i]
+        assert len(d["scores"]) == len(rs) > 0
+        assert torch.allclose(d["scores"], rs)
+        assert torch.equal(d["labels"], rl)
+        assert torch.allclose(d["boxes"], rb, atol=1e-3)
+
+
+def test_postprocess_top_k_and_candidate_cap_match_reference():
+    g = torch.Generator().manual_seed(7)
+    priors = ssd300_priors()
+    loc = torch.randn(2, len(priors), 4, generator=g) * 0.2
+    logits = torch.randn(2, len(priors), 4, generator=g) * 0.1  # untrained: every prior above 0.01
+    det = postprocess(loc, logits, priors, max_detections=50, candidates_per_class=60)
+    ref = reference_postprocess(loc, logits, priors, top=50, cand=60)
+    for i, d in enumerate(det.per_image()):
+        assert len(d["scores"]) == 50
+        assert torch.allclose(d["scores"], ref[i][1])
+        assert torch.equal(d["labels"], ref[i][2])
+
+
+def test_postprocess_sigmoid_and_empty():
+    priors = ssd300_priors()
+    loc = torch.zeros(2, len(priors), 4)
+    logits = torch.full((2, len(priors), 3), -10.0)  # every score below threshold
+    det = postprocess(loc, logits, priors, score_type="sigmoid")
+    assert det.num.tolist() == [0, 0]
+    logits[1, 100, 2] = 3.0
+    det = postprocess(loc, logits, priors, score_type="sigmoid")
+    assert det.num.tolist() == [0, 1]
+    assert det.labels[1, 0].item() == 3
+    assert det.scores[1, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+
+
+def test_postprocess_rejects_bad_shapes():
+    priors = ssd300_priors()
+    with pytest.raises(ValueError, match="loc"):
+        postprocess(torch.zeros(2, 4), torch.zeros(2, 3), priors)
+    with pytest.raises(ValueError, match="priors"):
+        postprocess(torch.zeros(1, 10, 4), torch.zeros(1, 10, 3), priors)
+    with pytest.raises(ValueError, match="score_type"):
+        postprocess(torch.zeros(1, len(priors), 4), torch.zeros(1, len(priors), 3), priors, score_type="relu")
