@@ -1,0 +1,105 @@
+"""Pascal VOC average precision.
+
+Definitions follow the official VOC devkit:
+
+* detections of a class are taken in decreasing score order; each takes the
+  ground truth of that class in its image with the highest IoU. If that IoU is
+  above the threshold (strictly, as the devkit's ``ovmax > ovthresh``) and the
+  object is not yet taken, it is a true positive and takes it; if the object was
+  already taken, a false positive; below the threshold, a false positive;
+* "difficult" objects do not count in the number of positives, and a detection
+  whose best match is a difficult object is ignored (neither TP nor FP);
+* AP is the VOC2007 11-point interpolated precision, or the VOC2010+ area under
+  the precision envelope (precision made monotone from the right).
+
+A class with no (non-difficult) ground truth has no AP; it is reported as
+``None`` and left out of the mean rather than counted as 0.
+
+The functions work on flat numpy arrays; :class:`multibox.eval.Evaluator`
+produces them incrementally.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
+    """AP from a precision/recall curve (detections in score order)."""
+    recall = np.asarray(recall, dtype=np.float64)
+    precision = np.asarray(precision, dtype=np.float64)
+    if use_07_metric:
+        ap = 0.0
+        for t in np.linspace(0.0, 1.0, 11):
+            above = recall >= t
+            ap += (precision[above].max() if above.any() else 0.0) / 11.0
+        return float(ap)
+    mrec = np.concatenate(([0.0], recall, [1.0]))
+    mpre = np.concatenate(([0.0], precision, [0.0]))
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # precision envelope
+    i = np.nonzero(mrec[1:] != mrec[:-1])[0]
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+@dataclass
+class ClassResult:
+    """AP of one class; ``ap`` is ``None`` when the class has no ground truth."""
+
+    ap: float | None
+    num_gt: int
+    num_det: int
+    recall: np.ndarray
+    precision: np.ndarray
+
+
+def true_positives(
+    scores: np.ndarray,
+    overlaps: np.ndarray,
+    gt_index: np.ndarray,
+    gt_difficult: np.ndarray,
+    iou_threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Classify the detections of one class (devkit rules), vectorised.
+
+    Args:
+        scores: ``(D,)`` detection scores.
+        overlaps: ``(D,)`` IoU with the best-overlapping ground truth of the class in
+            the same image (0 when the image has none).
+        gt_index: ``(D,)`` a global id of that ground truth (any unique int; -1 for none).
+        gt_difficult: ``(D,)`` whether that ground truth is difficult.
+
+    Returns:
+        ``order`` (detections sorted by score, descending, stable) and ``tp`` for
+        them: 1 true positive, 0 false positive, -1 ignored (matched a difficult object).
+    """
+    order = np.argsort(-scores, kind="stable")
+    ov, gi, diff = overlaps[order], gt_index[order], gt_difficult[order]
+    hit = (ov > iou_threshold) & (gi >= 0)
+    tp = np.zeros(len(order), dtype=np.int8)
+    candidate = hit & ~diff
+    # the first (highest-scoring) candidate for each object takes it; later ones are duplicates
+    cand_pos = np.nonzero(candidate)[0]
+    _, first = np.unique(gi[cand_pos], return_index=True)
+    tp[cand_pos[first]] = 1
+    tp[hit & diff] = -1
+    return order, tp
+
+
+def class_result(scores, overlaps, gt_index, gt_difficult, num_gt, iou_threshold, use_07_metric) -> ClassResult:
+    """AP and PR curve of one class from per-detection match data (see :func:`true_positives`)."""
+    _, tp = true_positives(scores, overlaps, gt_index, gt_difficult, iou_threshold)
+    counted = tp >= 0
+    tp_c = np.cumsum(tp[counted] == 1, dtype=np.float64)
+    fp_c = np.cumsum(tp[counted] == 0, dtype=np.float64)
+    if num_gt == 0:
+        return ClassResult(None, 0, len(scores), np.zeros(0), np.zeros(0))
+    recall = tp_c / num_gt
+    precision = tp_c / np.maximum(tp_c + fp_c, np.finfo(np.float64).eps)
+    return ClassResult(voc_ap(recall, precision, use_07_metric), int(num_gt), len(scores), recall, precision)
+
+
+def mean_ap(results: dict[int, ClassResult]) -> float:
+    """Mean over classes that have ground truth (NaN if none has)."""
+    aps = [r.ap for r in results.values() if r.ap is not None]
+    return float(np.mean(aps)) if aps else float("nan")

@@ -1,0 +1,100 @@
+"""Pictures: boxes on images, precision/recall curves, training curves.
+
+Plots use matplotlib's Agg backend (no display needed); box drawing uses OpenCV.
+"""
+from __future__ import annotations
+
+import colorsys
+import os
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def class_colors(n: int) -> list[tuple[int, int, int]]:
+    """``n`` well-separated, saturated RGB colours (golden-ratio hue steps)."""
+    out = []
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.85, 0.95)
+        out.append((int(r * 255), int(g * 255), int(b * 255)))
+    return out
+
+
+def draw_boxes(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    scores: Sequence[float] | None = None,
+    thickness: int | None = None,
+) -> np.ndarray:
+    """Return a copy of an RGB uint8 image with labelled boxes (xyxy pixels) drawn on it."""
+    img = np.ascontiguousarray(image.copy())
+    h, w = img.shape[:2]
+    t = thickness or max(1, round(min(h, w) / 300))
+    font_scale = max(0.4, min(h, w) / 900)
+    colors = class_colors(len(class_names))
+    for i, (box, label) in enumerate(zip(np.asarray(boxes).reshape(-1, 4), labels)):
+        color = colors[(int(label) - 1) % len(colors)]
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(img, (x1, y1), (x2, y2), color, t, cv2.LINE_AA)
+        text = class_names[int(label) - 1] + (f" {scores[i]:.2f}" if scores is not None else "")
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+        ty = y1 - 2 if y1 - th - base - 2 >= 0 else y1 + th + base + 2
+        cv2.rectangle(img, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
+        # dark text on light fills, white on dark ones
+        lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+        cv2.putText(img, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (0, 0, 0) if lum > 140 else (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
+def save_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
+    if not cv2.imwrite(os.fspath(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"could not write image {path}")
+
+
+def plot_pr_curves(report, out_dir: str | os.PathLike) -> list[str]:
+    """One PNG per class (``pr_<class>.png``) and an overview (``pr_curves.png``); returns the paths."""
+    plt = _pyplot()
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    colors = [tuple(c / 255 for c in rgb) for rgb in class_colors(len(report.class_names))]
+    fig_all, ax_all = plt.subplots(figsize=(7, 6))
+    for label, name in enumerate(report.class_names, start=1):
+        r = report.voc[label]
+        fig, ax = plt.subplots(figsize=(5, 4.5))
+        for a, color in ((ax, "tab:blue"), (ax_all, colors[label - 1])):
+            if r.ap is None:
+                continue
+            rec = np.concatenate(([0.0], r.recall))
+            prec = np.concatenate(([1.0 if len(r.precision) else 0.0], r.precision))
+            a.plot(rec, prec, color=color, lw=1.8, label=f"{name} (AP {r.ap:.3f})")
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
+               title=f"{name}: AP50 {'n/a' if r.ap is None else f'{r.ap:.4f}'}  ({r.num_gt} objects)")
+        ax.grid(alpha=0.3)
+        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
+        p = os.path.join(out_dir, f"pr_{safe}.png")
+        fig.tight_layout()
+        fig.savefig(p, dpi=100)
+        plt.close(fig)
+        paths.append(p)
+    ax_all.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
+               title=f"Precision-recall at IoU 0.5: mAP {report.map:.4f} (VOC07 {report.map07:.4f})")
+    ax_all.grid(alpha=0.3)
+    ax_all.legend(loc="lower left", fontsize=8)
+    p = os.path.join(out_dir, "pr_curves.png")
+    fig_all.tight_layout()
+    fig_all.savefig(p, dpi=110)
+    plt.close(fig_all)
+    return [p] + paths

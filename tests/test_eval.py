@@ -1,0 +1,271 @@
+import json
+
+import numpy as np
+import pytest
+
+from multibox.eval import Evaluator, voc_ap
+from multibox.eval.coco import coco_evaluate
+from multibox.eval.files import evaluate_coco_files
+
+A = [10, 10, 50, 50]
+B = [100, 100, 150, 160]
+C = [200, 20, 260, 90]
+FAR = [300, 300, 320, 330]
+
+
+def one_class(gt, dets, difficult=None, names=("thing",)):
+    ev = Evaluator(list(names))
+    ev.add("img", np.array(gt, float).reshape(-1, 4), [1] * len(gt),
+           np.array([d[0] for d in dets], float).reshape(-1, 4), [d[1] for d in dets], [1] * len(dets),
+           difficult=difficult)
+    return ev.compute(coco=False)
+
+
+def test_perfect_detections_score_one():
+    r = one_class([A, B], [(A, 0.9), (B, 0.8)])
+    assert r.voc[1].ap == 1.0 and r.voc07[1].ap == pytest.approx(1.0)
+
+
+def test_false_positive_ranked_first_halves_precision():
+    r = one_class([A], [(FAR, 0.9), (A, 0.8)])
+    assert r.voc[1].ap == pytest.approx(0.5)
+    assert r.voc07[1].ap == pytest.approx(0.5)
+
+
+def test_duplicate_detection_is_a_false_positive_after_the_true_one():
+    r = one_class([A], [(A, 0.9), (A, 0.8)])
+    np.testing.assert_allclose(r.voc[1].precision, [1.0, 0.5])
+    assert r.voc[1].ap == 1.0
+
+
+def test_difficult_objects_are_neither_positive_nor_false_positive():
+    dets = [(B, 0.9), (FAR, 0.8), (A, 0.7)]
+    r = one_class([A, B], dets, difficult=[False, True])
+    # B ignored; FP then TP over 1 positive
+    assert r.voc[1].num_gt == 1
+    assert r.voc[1].ap == pytest.approx(0.5)
+    r = one_class([A, B], dets)  # same boxes, B not difficult: TP, FP, TP over 2
+    assert r.voc[1].ap == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+
+
+def test_both_interpolations_by_hand():
+    r = one_class([A, B], [(A, 0.9), (FAR, 0.8), (B, 0.7)])
+    assert r.voc[1].ap == pytest.approx(0.5 + 0.5 * 2 / 3)
+    # 11-point: recall >= 0 ... 0.5 -> 1.0 (6 points), 0.6 ... 1.0 -> 2/3 (5 points)
+    assert r.voc07[1].ap == pytest.approx((6 + 5 * 2 / 3) / 11)
+
+
+def test_class_without_ground_truth_is_reported_not_averaged():
+    ev = Evaluator(["a", "b", "c"])
+    ev.add(1, [A], [1], [A, C], [0.9, 0.8], [1, 2])
+    r = ev.compute(coco=False)
+    assert r.voc[1].ap == 1.0
+    assert r.voc[2].ap is None and r.voc[2].num_det == 1  # detections but nothing to find
+    assert r.voc[3].ap is None and r.voc[3].num_det == 0
+    assert r.map == 1.0
+    assert "n/a" in r.table()
+    assert r.to_dict()["per_class"]["b"]["AP50"] is None
+
+
+def test_iou_threshold_is_strict_and_configurable():
+    # det overlapping A by exactly 0.5: [10,10,50,50] vs [10,10,50,90] -> 1600/3200
+    half = [10, 10, 50, 90]
+    ev = Evaluator(["x"], iou_thresholds=(0.3, 0.75))
+    ev.add(0, [A], [1], [half], [0.9], [1])
+    r = ev.compute(coco=False)
+    assert r.voc[1].ap == 0.0  # devkit: ovmax > 0.5 strictly
+    assert r.ap_at[0.3] == 1.0 and r.ap_at[0.75] == 0.0
+    assert ev.voc(0.49)[1].ap == 1.0
+
+
+def _iou(a, b):
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _reference_voc(images, num_classes, thr, use_07):
+    """Straightforward transcription of the devkit's loop."""
+    aps = {}
+    for c in range(1, num_classes + 1):
+        npos = 0
+        taken = {}
+        for img_id, (gb, gl, gd, *_rest) in images.items():
+            taken[img_id] = [False] * len(gb)
+            npos += sum(1 for l, d in zip(gl, gd) if l == c and not d)
+        dets = [(s, img_id, b) for img_id, (_, _, _, db, ds, dl) in images.items()
+                for b, s, l in zip(db, ds, dl) if l == c]
+        dets.sort(key=lambda t: -t[0])
+        tp, fp = [], []
+        for s, img_id, b in dets:
+            gb, gl, gd = images[img_id][:3]
+            best, jbest = -1.0, -1
+            for j, (g, l) in enumerate(zip(gb, gl)):
+                if l == c:
+                    o = _iou(b, g)
+                    if o > best:
+                        best, jbest = o, j
+            if best > thr:
+                if gd[jbest]:
+                    continue
+                if not taken[img_id][jbest]:
+                    taken[img_id][jbest] = True
+                    tp.append(1), fp.append(0)
+                else:
+                    tp.append(0), fp.append(1)
+            else:
+                tp.append(0), fp.append(1)
+        if npos == 0:
+            aps[c] = None
+            continue
+        tp, fp = np.cumsum(tp), np.cumsum(fp)
+        rec = tp / npos
+        prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+        if use_07:
+            ap = sum((prec[rec >= t].max() if (rec >= t).any() else 0.0) for t in np.arange(0, 1.1, 0.1)) / 11
+        else:
+            mrec = np.concatenate(([0.0], rec, [1.0]))
+            mpre = np.concatenate(([0.0], prec, [0.0]))
+            for i in range(len(mpre) - 2, -1, -1):
+                mpre[i] = max(mpre[i], mpre[i + 1])
+            idx = np.where(mrec[1:] != mrec[:-1])[0]
+            ap = np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1])
+        aps[c] = ap
+    return aps
+
+
+def _random_dataset(seed, n_images=40, num_classes=4):
+    rng = np.random.default_rng(seed)
+    images = {}
+    for i in range(n_images):
+        k = rng.integers(0, 6)
+        xy = rng.uniform(0, 400, (k, 2))
+        gb = np.concatenate((xy, xy + rng.uniform(10, 120, (k, 2))), 1)
+        gl = rng.integers(1, num_classes + 1, k)
+        gd = rng.random(k) < 0.15
+        m = rng.integers(0, 15)
+        # half jittered copies of gt, half random boxes
+        src = gb[rng.integers(0, k, m)] if k else np.zeros((m, 4))
+        jit = src + rng.normal(0, 12, (m, 4))
+        rnd_xy = rng.uniform(0, 400, (m, 2))
+        rnd = np.concatenate((rnd_xy, rnd_xy + rng.uniform(10, 120, (m, 2))), 1)
+        use = (rng.random(m) < 0.6) & (k > 0)
+        db = np.where(use[:, None], jit, rnd)
+        db = np.concatenate((np.minimum(db[:, :2], db[:, 2:]), np.maximum(db[:, :2], db[:, 2:])), 1)
+        dl = np.where(use & (rng.random(m) < 0.8), gl[rng.integers(0, k, m)] if k else 1,
+                      rng.integers(1, num_classes + 1, m))
+        images[f"im{i}"] = (gb, gl, gd, db, rng.random(m), dl)
+    return images
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_voc_ap_agrees_with_straightforward_implementation(seed):
+    images = _random_dataset(seed)
+    assert sum(len(v[3]) for v in images.values()) > 200
+    ev = Evaluator(["a", "b", "c", "d"])
+    for img_id, (gb, gl, gd, db, ds, dl) in images.items():
+        ev.add(img_id, gb, gl, db, ds, dl, difficult=gd)
+    for thr in (0.5, 0.7):
+        for use_07 in (True, False):
+            ref = _reference_voc(images, 4, thr, use_07)
+            got = ev.voc(thr, use_07)
+            for c in range(1, 5):
+                if ref[c] is None:
+                    assert got[c].ap is None
+                else:
+                    assert abs(got[c].ap - ref[c]) < 1e-9
+
+
+def test_coco_metrics_agree_with_faster_coco_eval_run_directly():
+    from faster_coco_eval import COCO, COCOeval_faster
+
+    images = _random_dataset(5, n_images=30, num_classes=3)
+    cat_ids = [7, 3, 11]  # non-contiguous dataset ids
+    ev = Evaluator(["x", "y", "z"], category_ids=cat_ids)
+    gt = {"images": [], "annotations": [], "categories": [{"id": c, "name": n} for c, n in zip(cat_ids, "xyz")]}
+    res = []
+    for i, (img_id, (gb, gl, gd, db, ds, dl)) in enumerate(images.items()):
+        ev.add(img_id, gb, gl, db, ds, dl, image_size=(600, 600))
+        gt["images"].append({"id": i + 1, "width": 600, "height": 600})
+        for b, l in zip(gb, gl):
+            w, h = b[2] - b[0], b[3] - b[1]
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i + 1,
+                                      "category_id": cat_ids[l - 1], "bbox": [b[0], b[1], w, h],
+                                      "area": w * h, "iscrowd": 0})
+        for b, s, l in zip(db, ds, dl):
+            res.append({"image_id": i + 1, "category_id": cat_ids[l - 1],
+                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s})
+    ours = ev.coco()
+    coco_gt = COCO(gt)
+    e = COCOeval_faster(coco_gt, coco_gt.loadRes(res), iouType="bbox")
+    e.evaluate(), e.accumulate(), e.summarize()
+    assert ours["AP"] == pytest.approx(e.stats[0], abs=1e-4)
+    assert ours["AP50"] == pytest.approx(e.stats[1], abs=1e-4)
+    assert ours["AR100"] == pytest.approx(e.stats[8], abs=1e-4)
+    assert 0 < ours["AP"] < 1
+
+
+def test_malformed_inputs_raise_clear_errors():
+    ev = Evaluator(["a", "b"])
+    with pytest.raises(ValueError, match=r"negative width or height"):
+        ev.add(1, [[10, 10, 5, 20]], [1], [], [], [])
+    with pytest.raises(ValueError, match=r"unknown class label 3 in detections"):
+        ev.add(2, [A], [1], [A], [0.5], [3])
+    with pytest.raises(ValueError, match=r"unknown class label 0 in ground truth"):
+        ev.add(3, [A], [0], [], [], [])
+    with pytest.raises(ValueError, match="image size must be positive"):
+        ev.add(4, [A], [1], [], [], [], image_size=(-5, 10))
+    ev.add(5, [A], [1], [A], [0.5], [1])
+    with pytest.raises(ValueError, match="added twice"):
+        ev.add(5, [A], [1], [A], [0.5], [1])
+    with pytest.raises(ValueError, match="2 detection boxes, 1 scores"):
+        ev.add(6, [A], [1], [A, B], [0.5], [1, 1])
+    with pytest.raises(ValueError, match="category ids"):
+        Evaluator(["a"], category_ids=[1, 2])
+
+
+def test_coco_files_round_trip_and_mismatched_ids(tmp_path):
+    gt = {
+        "images": [{"id": 10, "width": 400, "height": 300}, {"id": 11, "width": 400, "height": 300}],
+        "annotations": [
+            {"id": 1, "image_id": 10, "category_id": 5, "bbox": [10, 10, 40, 40], "area": 1600, "iscrowd": 0},
+            {"id": 2, "image_id": 11, "category_id": 9, "bbox": [100, 100, 50, 60], "area": 3000, "iscrowd": 0},
+        ],
+        "categories": [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}, {"id": 0, "name": "empty"}],
+    }
+    dets = [{"image_id": 10, "category_id": 5, "bbox": [10, 10, 40, 40], "score": 0.9},
+            {"image_id": 11, "category_id": 9, "bbox": [100, 100, 50, 60], "score": 0.8}]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "det.json").write_text(json.dumps(dets))
+    r = evaluate_coco_files(tmp_path / "gt.json", tmp_path / "det.json")
+    assert r.map == 1.0 and r.voc[1].ap is None  # "empty" (id 0) sorts first and has no objects
+    assert r.coco["AP"] == pytest.approx(1.0)
+    dets.append({"image_id": 99, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 0.1})
+    (tmp_path / "det.json").write_text(json.dumps(dets))
+    with pytest.raises(ValueError, match="image id 99 that is not in the ground truth"):
+        evaluate_coco_files(tmp_path / "gt.json", tmp_path / "det.json")
+    dets[-1] = {"image_id": 10, "category_id": 4, "bbox": [0, 0, 1, 1], "score": 0.1}
+    (tmp_path / "det.json").write_text(json.dumps(dets))
+    with pytest.raises(ValueError, match="unknown category id 4"):
+        evaluate_coco_files(tmp_path / "gt.json", tmp_path / "det.json")
+
+
+def test_voc_ap_function_edge_cases():
+    assert voc_ap(np.array([]), np.array([])) == 0.0
+    assert voc_ap(np.array([1.0]), np.array([1.0]), use_07_metric=True) == pytest.approx(1.0)
+
+
+def test_report_outputs(tmp_path):
+    from multibox.viz import plot_pr_curves
+
+    ev = Evaluator(["a", "b"])
+    ev.add(1, [A, B], [1, 2], [A, B, C], [0.9, 0.8, 0.7], [1, 2, 2], image_size=(300, 400))
+    r = ev.compute()
+    r.save_json(tmp_path / "metrics.json")
+    d = json.loads((tmp_path / "metrics.json").read_text())
+    assert d["mAP50"] == 1.0 and d["per_class"]["b"]["num_det"] == 2
+    paths = plot_pr_curves(r, tmp_path / "plots")
+    assert [p.split("/")[-1] for p in paths] == ["pr_curves.png", "pr_a.png", "pr_b.png"]
+    assert all((tmp_path / "plots" / p.split("/")[-1]).stat().st_size > 5000 for p in paths)
