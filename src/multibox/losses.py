@@ -44,7 +44,9 @@ def hard_negative_mask(conf_loss: Tensor, positive: Tensor, neg_pos_ratio: float
     """Per image, the ``neg_pos_ratio * num_positives`` negatives with the highest loss.
 
     ``conf_loss`` and ``positive`` are ``(N, P)``. Positives are never selected.
-    Uses one ``topk`` over the batch's largest quota instead of a full sort.
+    Ties are broken by prior index (a stable sort), so the choice for an image does
+    not depend on the other images of the batch; this keeps the loss separable over
+    images, and data-parallel gradients equal to single-process ones.
     """
     num_pos = positive.sum(dim=1, keepdim=True)
     num_neg = torch.minimum((num_pos * neg_pos_ratio).long(), (~positive).sum(dim=1, keepdim=True))
@@ -53,7 +55,7 @@ def hard_negative_mask(conf_loss: Tensor, positive: Tensor, neg_pos_ratio: float
     if k == 0:
         return mask
     neg_loss = conf_loss.detach().masked_fill(positive, -math.inf)
-    _, order = neg_loss.topk(k, dim=1)  # (N, k), hardest first
+    order = neg_loss.sort(dim=1, descending=True, stable=True).indices[:, :k]  # (N, k), hardest first
     rank = torch.arange(k, device=conf_loss.device).expand_as(order)
     return mask.scatter(1, order, rank < num_neg)
 

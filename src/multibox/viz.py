@@ -98,3 +98,24 @@ def plot_pr_curves(report, out_dir: str | os.PathLike) -> list[str]:
     fig_all.savefig(p, dpi=110)
     plt.close(fig_all)
     return [p] + paths
+
+
+def plot_training_curves(history: list[dict], path: str | os.PathLike) -> None:
+    """Loss (total, localisation, confidence) per epoch, and validation mAP where measured."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    for key, style in (("loss", "-"), ("loc", "--"), ("conf", ":")):
+        a1.plot(epochs, [h.get(key, float("nan")) for h in history], style, label=key)
+    a1.set(xlabel="epoch", ylabel="training loss", title="Training loss")
+    a1.grid(alpha=0.3)
+    a1.legend()
+    pts = [(h["epoch"], h["val_mAP50"]) for h in history if "val_mAP50" in h]
+    if pts:
+        a2.plot(*zip(*pts), "o-", color="tab:green")
+        a2.set(ylim=(0, 1))
+    a2.set(xlabel="epoch", ylabel="mAP@0.5 (area)", title="Validation mAP")
+    a2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

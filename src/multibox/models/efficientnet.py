@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .fuse import FrozenPrefix
 from .weights import check_state_dict, read_state_dict
 
 # (kernel, stride, expand ratio, output channels, repeats) per stage, from the Lite0 definition.
@@ -33,6 +34,8 @@ IMAGE_STD = (128.0, 128.0, 128.0)
 
 class MBConv(nn.Module):
     """Inverted residual block: 1x1 expand, kxk depthwise, 1x1 project (no SE in Lite)."""
+
+    conv_bn_pairs = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
         super().__init__()
@@ -60,6 +63,7 @@ class EfficientNetLite0(nn.Module):
     useful to check the ImageNet weights); detection uses the feature maps."""
 
     out_channels = (40, 112, 1280)
+    conv_bn_pairs = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"))
 
     def __init__(self, include_top: bool = False) -> None:
         super().__init__()
@@ -76,16 +80,33 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
         self.act = nn.ReLU6(inplace=True)
         self._fc = nn.Linear(1280, 1000) if include_top else None
+        self._frozen: FrozenPrefix | None = None
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x = self.act(self._bn0(self._conv_stem(x)))
+        blocks = list(self._blocks)
+        if self._frozen is not None:  # frozen stem + first blocks run with BatchNorm folded in
+            fused = self._frozen.get(x)
+            x = self.act(fused[0](x))
+            blocks[: len(fused) - 1] = fused[1:]
+        else:
+            x = self.act(self._bn0(self._conv_stem(x)))
         feats = []
-        for i, block in enumerate(self._blocks):
+        for i, block in enumerate(blocks):
             x = block(x)
             if i in (STRIDE8_BLOCK, STRIDE16_BLOCK):
                 feats.append(x)
         feats.append(self.act(self._bn1(self._conv_head(x))))
         return feats
+
+    def frozen_modules(self, n: int) -> list[nn.Module]:
+        """The stem and the first ``n`` blocks (n >= 1), for freezing from the input side.
+        Frozen layers then run with their BatchNorm folded into the convolutions."""
+        if n <= 0:
+            self._frozen = None
+            return []
+        stem = nn.Sequential(self._conv_stem, self._bn0)
+        self._frozen = FrozenPrefix([stem, *self._blocks[:n]])
+        return [self._conv_stem, self._bn0, *self._blocks[:n]]
 
     def classify(self, x: Tensor) -> Tensor:
         """ImageNet logits (requires ``include_top=True``)."""

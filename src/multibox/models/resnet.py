@@ -93,6 +93,12 @@ class ResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def frozen_modules(self, n: int) -> list[nn.Module]:
+        """The stem and the first ``n - 1`` of layer1..layer4 (n >= 1)."""
+        if n <= 0:
+            return []
+        return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3, self.layer4][: n + 1]
+
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))

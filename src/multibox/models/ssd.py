@@ -12,7 +12,7 @@ One forward pass, top to bottom:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -85,6 +85,33 @@ class SSD(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("priors", make_priors(self.prior_maps, clip=clip_priors), persistent=False)
+
+    def freeze_backbone(self, n: int) -> int:
+        """Freeze ``n`` backbone units from the input side (see the backbone's ``frozen_modules``):
+        no gradients, and their BatchNorms stay in eval mode. Returns the parameters frozen."""
+        modules = self.backbone.frozen_modules(n) if hasattr(self.backbone, "frozen_modules") else []
+        if n > 0 and not modules:
+            raise ValueError(f"{type(self.backbone).__name__} does not support freezing")
+        self._frozen = modules
+        count = 0
+        for m in modules:
+            for p in m.parameters():
+                p.requires_grad_(False)
+                count += p.numel()
+        self.train(self.training)
+        return count
+
+    def freeze_batchnorm(self) -> None:
+        """Keep every BatchNorm layer in eval mode (running statistics, no updates)."""
+        self._frozen = list(getattr(self, "_frozen", [])) + [
+            m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "SSD":
+        super().train(mode)
+        for m in getattr(self, "_frozen", []):
+            m.eval()
+        return self
 
     @property
     def num_priors(self) -> int:

@@ -63,6 +63,11 @@ class VGG16Reduced(nn.Module):
         self.conv7 = nn.Conv2d(1024, 1024, kernel_size=1)
         self.l2norm = L2Norm(512, scale=20.0)
 
+    def frozen_modules(self, n: int) -> list[nn.Module]:
+        """The first ``n`` convolutions (the paper's fine-tuning freezes none; 4 = conv1 and conv2)."""
+        convs = [m for m in self.features if isinstance(m, nn.Conv2d)]
+        return convs[:n]
+
     def forward(self, x: Tensor) -> list[Tensor]:
         x = self.features[: _CONV4_3_INDEX + 1](x)
         conv4_3 = self.l2norm(x)

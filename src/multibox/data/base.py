@@ -1,0 +1,152 @@
+"""What every dataset shares: a list of validated records and image loading.
+
+A record is one image: its path, boxes ``(K, 4)`` xyxy in pixels of the upright
+image, labels ``(K,)`` in ``1..C``, "difficult" flags and its size. Parsers in
+``voc.py``, ``coco.py`` build records; :class:`DetectionDataset` cleans them
+(boxes clipped to the image, degenerate boxes dropped and counted in one
+warning naming the files) and reads images on access.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .image import ImageReadError, image_size, read_image
+
+
+class DatasetError(ValueError):
+    """Malformed dataset input; the message names the file and the problem."""
+
+
+@dataclass
+class Record:
+    image_path: str
+    image_id: object
+    boxes: np.ndarray  # (K, 4) float32 xyxy pixels
+    labels: np.ndarray  # (K,) int64 in 1..C
+    difficult: np.ndarray  # (K,) bool
+    size: tuple[int, int] | None = None  # (height, width) of the upright image
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class Problems:
+    """Counts of what was dropped while loading, reported in one warning each."""
+
+    degenerate: list[str] = field(default_factory=list)
+    clipped: int = 0
+    skipped_files: list[str] = field(default_factory=list)
+    unknown_classes: dict = field(default_factory=dict)
+
+    def warn(self, name: str) -> None:
+        def few(items: list[str]) -> str:
+            return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+        if self.degenerate:
+            files = sorted(set(self.degenerate))
+            warnings.warn(
+                f"{name}: dropped {len(self.degenerate)} degenerate box(es) (zero area or x2 <= x1) "
+                f"in {len(files)} file(s): {few(files)}", stacklevel=3)
+        if self.skipped_files:
+            warnings.warn(f"{name}: skipped {len(self.skipped_files)} unreadable or malformed file(s): "
+                          f"{few(self.skipped_files)}", stacklevel=3)
+        if self.unknown_classes:
+            desc = ", ".join(f"{k!r} x{v}" for k, v in sorted(self.unknown_classes.items()))
+            warnings.warn(f"{name}: ignored objects of classes not in the class list: {desc}", stacklevel=3)
+
+
+def clean_boxes(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Clip ``(K, 4)`` pixel boxes to an image of ``size`` (h, w); return the boxes,
+    a mask of the non-degenerate ones, and how many were clipped."""
+    h, w = size
+    clipped = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
+    n_clipped = int((np.abs(clipped - boxes) > 1e-6).any(axis=1).sum()) if len(boxes) else 0
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    return clipped, keep, n_clipped
+
+
+class DetectionDataset:
+    """Records plus image loading; ``dataset[i]`` is a sample dict.
+
+    Sample: ``image`` (H, W, 3) uint8 RGB, ``boxes`` (K, 4) float32 xyxy pixels,
+    ``labels`` (K,) int64 1..C, ``difficult`` (K,) bool, ``image_id``, ``path``, ``size`` (h, w).
+    A ``transform(sample, index)`` may replace the image and boxes.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[Record],
+        class_names: Sequence[str],
+        name: str = "dataset",
+        transform: Callable | None = None,
+        problems: Problems | None = None,
+        category_ids: Sequence[int] | None = None,
+    ) -> None:
+        self.class_names = list(class_names)
+        self.category_ids = list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
+        self.name = name
+        self.transform = transform
+        problems = problems or Problems()
+        self.records: list[Record] = []
+        for r in records:
+            size = r.size or image_size(r.image_path)
+            boxes, keep, n_clip = clean_boxes(r.boxes.reshape(-1, 4), size)
+            problems.clipped += n_clip
+            if not keep.all():
+                problems.degenerate += [os.path.basename(r.image_path)] * int((~keep).sum())
+            r.boxes, r.labels, r.difficult, r.size = boxes[keep], r.labels[keep], r.difficult[keep], size
+            self.records.append(r)
+        self.problems = problems
+        problems.warn(name)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def load(self, index: int) -> dict:
+        r = self.records[index]
+        image = read_image(r.image_path)
+        if image.shape[:2] != tuple(r.size):
+            raise ImageReadError(
+                f"{r.image_path}: image is {image.shape[1]}x{image.shape[0]} but the annotation says "
+                f"{r.size[1]}x{r.size[0]}")
+        return {
+            "image": image,
+            "boxes": r.boxes.copy(),
+            "labels": r.labels.copy(),
+            "difficult": r.difficult.copy(),
+            "image_id": r.image_id,
+            "path": r.image_path,
+            "size": tuple(r.size),
+        }
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.load(index)
+        return self.transform(sample, index) if self.transform is not None else sample
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(np.concatenate([r.labels for r in self.records] or [np.zeros(0, int)]),
+                             minlength=self.num_classes + 1)
+        return {n: int(c) for n, c in zip(self.class_names, counts[1:])}
+
+
+def concat_datasets(datasets: Sequence[DetectionDataset], name: str | None = None) -> DetectionDataset:
+    """One dataset from several with the same classes (e.g. VOC2007 trainval + VOC2012 trainval)."""
+    first = datasets[0]
+    for d in datasets[1:]:
+        if d.class_names != first.class_names:
+            raise DatasetError(f"cannot concatenate {first.name} and {d.name}: class lists differ")
+    out = DetectionDataset.__new__(DetectionDataset)
+    out.class_names, out.category_ids = first.class_names, first.category_ids
+    out.name = name or "+".join(d.name for d in datasets)
+    out.transform = first.transform
+    out.problems = Problems()
+    out.records = [r for d in datasets for r in d.records]
+    return out

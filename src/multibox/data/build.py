@@ -1,0 +1,76 @@
+"""Datasets from a :class:`~multibox.config.DataConfig`, and where to find them."""
+from __future__ import annotations
+
+import copy
+import os
+
+from .base import DatasetError, DetectionDataset, concat_datasets
+from .coco import coco_dataset
+from .voc import voc_dataset, xml_folder_dataset
+
+
+def data_dirs() -> list[str]:
+    """Folders searched for a dataset given by name: ``$MULTIBOX_DATA``, ``./datasets``,
+    ``../shared/datasets`` and ``../datasets`` (relative to the working directory)."""
+    dirs = []
+    if os.environ.get("MULTIBOX_DATA"):
+        dirs.append(os.environ["MULTIBOX_DATA"])
+    dirs += ["datasets", os.path.join("..", "shared", "datasets"), os.path.join("..", "datasets")]
+    return dirs
+
+
+def resolve_root(root: str) -> str:
+    """An existing folder for ``root``: as given, or found by name in :func:`data_dirs`."""
+    if os.path.isdir(root):
+        return root
+    if not os.path.isabs(root):
+        for d in data_dirs():
+            cand = os.path.join(d, root)
+            if os.path.isdir(cand):
+                return cand
+    raise FileNotFoundError(
+        f"dataset folder {root!r} not found (looked in: {', '.join(data_dirs())}); "
+        "pass --data PATH or set MULTIBOX_DATA")
+
+
+def load_split(cfg, split: str, class_names=None) -> DetectionDataset:
+    """One split. With several roots (``root: [VOC2007, VOC2012]``) the split is read from every
+    root that has it and the parts are concatenated (VOC07+12 training)."""
+    if isinstance(cfg.root, (list, tuple)):
+        parts = []
+        for r in cfg.root:
+            sub = copy.copy(cfg)
+            sub.root = r
+            try:
+                parts.append(load_split(sub, split, class_names or (parts[0].class_names if parts else None)))
+            except DatasetError as e:
+                if "split file not found" not in str(e):
+                    raise
+        if not parts:
+            raise DatasetError(f"split {split!r} found in none of {cfg.root}")
+        return concat_datasets(parts)
+    root = resolve_root(cfg.root)
+    names = class_names or cfg.class_names
+    if cfg.format == "voc":
+        return voc_dataset(root, split, names, skip_bad=cfg.skip_bad)
+    if cfg.format == "folder":
+        return xml_folder_dataset(root, split, class_names=names, skip_bad=cfg.skip_bad)
+    if cfg.format == "coco":
+        ann = split if split.endswith(".json") else os.path.join(root, split, "_annotations.coco.json")
+        ds = coco_dataset(ann, class_names=names, min_annotations=cfg.coco_min_annotations, skip_bad=cfg.skip_bad)
+        ds.name = f"{os.path.basename(os.path.normpath(root))}/{split}"
+        return ds
+    raise ValueError(f"data.format must be voc, coco or folder, got {cfg.format!r}")
+
+
+def build_datasets(cfg) -> dict[str, DetectionDataset]:
+    """``{"train", "val"?, "test"?}``; val and test use the training set's class list."""
+    out = {"train": load_split(cfg, cfg.train)}
+    names = out["train"].class_names
+    for key in ("val", "test"):
+        split = getattr(cfg, key)
+        if split:
+            out[key] = load_split(cfg, split, names)
+            if cfg.format == "coco":
+                out[key].category_ids = out["train"].category_ids
+    return out

@@ -1,0 +1,122 @@
+"""COCO JSON annotations (``images``, ``annotations``, ``categories``).
+
+Category ids need not be contiguous; labels ``1..C`` follow the sorted ids of
+the categories kept, and ``dataset.category_ids`` maps them back. Categories
+with no annotations in the file (a super-category such as Roboflow's
+"pieces") are dropped unless ``keep_empty_categories``; ``min_annotations``
+drops near-empty strays too (e.g. a category with a single stray box). Images
+without annotations are kept as negatives. ``iscrowd`` objects are kept as
+"difficult" (ignored by the VOC metric, not used as training targets).
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter, defaultdict
+from typing import Sequence
+
+import numpy as np
+
+from .base import DatasetError, DetectionDataset, Problems, Record
+from .voc import safe_join
+
+
+def coco_dataset(
+    annotation_file: str,
+    image_dir: str | None = None,
+    class_names: Sequence[str] | None = None,
+    keep_empty_categories: bool = False,
+    min_annotations: int = 1,
+    skip_bad: bool = False,
+    transform=None,
+) -> DetectionDataset:
+    """Load a COCO detection JSON; images are looked up in ``image_dir`` (default: beside the file)."""
+    image_dir = image_dir or os.path.dirname(os.path.abspath(annotation_file))
+    try:
+        with open(annotation_file) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"annotation file not found: {annotation_file}") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{annotation_file}: not valid JSON ({e})") from None
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data, dict) or not isinstance(data.get(key), list):
+            raise DatasetError(f"{annotation_file}: missing the list {key!r} of a COCO file")
+    src = annotation_file
+    problems = Problems()
+
+    def dup_check(items, what):
+        ids = Counter(x.get("id") for x in items)
+        dups = [i for i, c in ids.items() if c > 1]
+        if dups:
+            raise DatasetError(f"{src}: duplicate {what} id(s) {dups[:5]}")
+
+    dup_check(data["images"], "image")
+    dup_check(data["categories"], "category")
+    dup_check(data["annotations"], "annotation")
+    cats = {c["id"]: c.get("name", str(c["id"])) for c in data["categories"]}
+    per_cat = Counter(a.get("category_id") for a in data["annotations"])
+
+    if class_names is None:
+        kept = sorted(c for c in cats if keep_empty_categories or per_cat.get(c, 0) >= max(1, min_annotations))
+        class_names = [cats[c] for c in kept]
+        label_of = {c: i + 1 for i, c in enumerate(kept)}
+    else:
+        by_name = {n: c for c, n in cats.items()}
+        missing = [n for n in class_names if n not in by_name]
+        if missing:
+            raise DatasetError(f"{src}: class names {missing} are not categories of the file")
+        kept = [by_name[n] for n in class_names]
+        label_of = {c: i + 1 for i, c in enumerate(kept)}
+
+    anns = defaultdict(list)
+    for a in data["annotations"]:
+        where = f"{src}: annotation {a.get('id')}"
+        cat = a.get("category_id")
+        if cat not in cats:
+            if not skip_bad:
+                raise DatasetError(f"{where} has unknown category id {cat!r}")
+            problems.skipped_files.append(f"annotation {a.get('id')}")
+            continue
+        if cat not in label_of:
+            problems.unknown_classes[cats[cat]] = problems.unknown_classes.get(cats[cat], 0) + 1
+            continue
+        bbox = a.get("bbox")
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            if not skip_bad:
+                raise DatasetError(f"{where} has a malformed bbox {bbox!r} (expected [x, y, w, h])") from None
+            problems.skipped_files.append(f"annotation {a.get('id')}")
+            continue
+        anns[a.get("image_id")].append(([x, y, x + w, y + h], label_of[cat], bool(a.get("iscrowd", 0))))
+
+    image_ids = {im["id"] for im in data["images"]}
+    orphans = [i for i in anns if i not in image_ids]
+    if orphans:
+        msg = f"{src}: annotations refer to image id(s) {orphans[:5]} missing from 'images'"
+        if not skip_bad:
+            raise DatasetError(msg)
+        problems.skipped_files.append(f"annotations of {len(orphans)} missing image(s)")
+
+    records = []
+    for im in data["images"]:
+        fn = im.get("file_name")
+        if not fn:
+            raise DatasetError(f"{src}: image {im.get('id')} has no file_name")
+        path = safe_join(image_dir, fn, "file_name", src)
+        if not os.path.isfile(path):
+            if not skip_bad:
+                raise DatasetError(f"{src}: image file not found: {path}")
+            problems.skipped_files.append(fn)
+            continue
+        objs = anns.get(im["id"], [])
+        boxes = np.array([o[0] for o in objs], np.float32).reshape(-1, 4)
+        h, w = im.get("height"), im.get("width")
+        size = (int(h), int(w)) if h and w else None
+        records.append(Record(path, im["id"], boxes, np.array([o[1] for o in objs], np.int64),
+                              np.array([o[2] for o in objs], bool), size))
+    if not records:
+        raise DatasetError(f"{src}: no images")
+    name = os.path.basename(os.path.dirname(os.path.abspath(annotation_file)))
+    return DetectionDataset(records, class_names, name, transform, problems, category_ids=kept)

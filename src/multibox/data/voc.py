@@ -1,0 +1,177 @@
+"""Pascal VOC XML annotations: the VOC layout and a simple custom folder layout.
+
+* :func:`voc_dataset` - ``root/Annotations/*.xml``, ``root/JPEGImages/*.jpg`` and
+  ``root/ImageSets/Main/<split>.txt`` (the Pascal VOC and BCCD layout);
+* :func:`xml_folder_dataset` - ``root/<images>/`` and ``root/<annotations>/`` with
+  one XML per image and ``root/<split>.txt`` listing image or annotation names
+  (the raccoon layout). The XML ``<path>`` field is ignored; ``<filename>`` or
+  the XML's own name locates the image.
+
+VOC coordinates are 1-based inclusive pixels; we keep them as given (as most
+SSD code does), so a box ``[xmin, ymin, xmax, ymax]`` is used directly as xyxy.
+"""
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from typing import Sequence
+
+import numpy as np
+
+from .base import DatasetError, DetectionDataset, Problems, Record
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def safe_join(root: str, name: str, what: str, source: str) -> str:
+    """``root/name``, refusing names that would leave ``root`` (``..``, absolute paths, links out)."""
+    path = os.path.realpath(os.path.join(root, name))
+    base = os.path.realpath(root)
+    if os.path.commonpath([path, base]) != base:
+        raise DatasetError(f"{source}: {what} {name!r} points outside the dataset folder {root}")
+    return path
+
+
+def parse_voc_xml(path: str) -> tuple[str | None, list[tuple[str, list[float], bool]]]:
+    """Read one VOC XML: ``(filename or None, [(class name, [x1, y1, x2, y2], difficult), ...])``."""
+    try:
+        root = ET.parse(path).getroot()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: annotation file not found") from None
+    except ET.ParseError as e:
+        raise DatasetError(f"{path}: malformed XML ({e})") from None
+    fn = root.findtext("filename")
+    objects = []
+    for i, obj in enumerate(root.iter("object")):
+        name = (obj.findtext("name") or "").strip()
+        if not name:
+            raise DatasetError(f"{path}: object {i} has no <name>")
+        bb = obj.find("bndbox")
+        if bb is None:
+            raise DatasetError(f"{path}: object {i} ({name}) has no <bndbox>")
+        coords = []
+        for tag in ("xmin", "ymin", "xmax", "ymax"):
+            text = bb.findtext(tag)
+            try:
+                coords.append(float(text))
+            except (TypeError, ValueError):
+                raise DatasetError(f"{path}: object {i} ({name}) has a missing or non-numeric <{tag}>: {text!r}") from None
+        if not all(np.isfinite(coords)):
+            raise DatasetError(f"{path}: object {i} ({name}) has a non-finite coordinate {coords}")
+        difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true", "True")
+        objects.append((name, coords, difficult))
+    return (fn.strip() if fn else None), objects
+
+
+def _build(
+    entries: Sequence[tuple[str, str]],
+    class_names: Sequence[str] | None,
+    name: str,
+    skip_bad: bool,
+    transform,
+) -> DetectionDataset:
+    """``entries`` are ``(xml path, image path)`` pairs."""
+    problems = Problems()
+    parsed = []
+    for xml_path, img_path in entries:
+        try:
+            _, objects = parse_voc_xml(xml_path)
+            if not os.path.isfile(img_path):
+                raise DatasetError(f"{xml_path}: image file not found: {img_path}")
+        except DatasetError:
+            if not skip_bad:
+                raise
+            problems.skipped_files.append(os.path.basename(xml_path))
+            continue
+        parsed.append((xml_path, img_path, objects))
+    if class_names is None:
+        class_names = sorted({o[0] for _, _, objs in parsed for o in objs})
+        if not class_names:
+            raise DatasetError(f"{name}: no objects found, so no class names; pass class_names")
+    index = {n: i + 1 for i, n in enumerate(class_names)}
+    records = []
+    for xml_path, img_path, objects in parsed:
+        boxes, labels, diff = [], [], []
+        for cls, box, d in objects:
+            if cls not in index:
+                problems.unknown_classes[cls] = problems.unknown_classes.get(cls, 0) + 1
+                continue
+            boxes.append(box), labels.append(index[cls]), diff.append(d)
+        image_id = os.path.splitext(os.path.basename(img_path))[0]
+        records.append(Record(img_path, image_id, np.array(boxes, np.float32).reshape(-1, 4),
+                              np.array(labels, np.int64), np.array(diff, bool)))
+    if not records:
+        raise DatasetError(f"{name}: no images")
+    return DetectionDataset(records, class_names, name, transform, problems)
+
+
+def _read_split(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise DatasetError(f"split file not found: {path}")
+    with open(path) as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def voc_dataset(
+    root: str,
+    split: str = "trainval",
+    class_names: Sequence[str] | None = None,
+    skip_bad: bool = False,
+    transform=None,
+) -> DetectionDataset:
+    """Pascal VOC layout. ``split`` names ``ImageSets/Main/<split>.txt``; join several with
+    ``+`` (``"train+val"``). For VOC07+12 build one per root and use :func:`concat_datasets`."""
+    ids: list[str] = []
+    for s in split.split("+"):
+        ids += _read_split(os.path.join(root, "ImageSets", "Main", f"{s}.txt"))
+    entries = []
+    for i in ids:
+        xml = safe_join(root, os.path.join("Annotations", f"{i}.xml"), "image id", f"{root} split {split}")
+        img = safe_join(root, os.path.join("JPEGImages", f"{i}.jpg"), "image id", xml)
+        if not os.path.isfile(img):  # some VOC-style sets store PNGs
+            fn, _ = parse_voc_xml(xml) if os.path.isfile(xml) else (None, None)
+            if fn:
+                img = safe_join(os.path.join(root, "JPEGImages"), fn, "<filename>", xml)
+        entries.append((xml, img))
+    return _build(entries, class_names, f"{os.path.basename(os.path.normpath(root))}/{split}", skip_bad, transform)
+
+
+def xml_folder_dataset(
+    root: str,
+    split: str | None = "train",
+    images: str = "images",
+    annotations: str = "annotations",
+    class_names: Sequence[str] | None = None,
+    skip_bad: bool = False,
+    transform=None,
+) -> DetectionDataset:
+    """Custom layout: ``root/images/*``, ``root/annotations/*.xml``, optional ``root/<split>.txt``
+    whose lines name images (with or without extension) or XML files. ``split=None`` uses every XML."""
+    ann_dir = os.path.join(root, annotations)
+    img_dir = os.path.join(root, images)
+    if split is None:
+        stems = sorted(os.path.splitext(f)[0] for f in os.listdir(ann_dir) if f.endswith(".xml"))
+    else:
+        stems = [os.path.splitext(os.path.basename(n))[0] for n in _read_split(os.path.join(root, f"{split}.txt"))]
+    entries = []
+    for stem in stems:
+        xml = safe_join(ann_dir, stem + ".xml", "name", f"{root}/{split}.txt")
+        img = None
+        fn = None
+        if os.path.isfile(xml):
+            try:
+                fn, _ = parse_voc_xml(xml)
+            except DatasetError:
+                fn = None  # reported properly by _build
+        if fn:
+            cand = safe_join(img_dir, os.path.basename(fn), "<filename>", xml)
+            img = cand if os.path.isfile(cand) else None
+        if img is None:
+            for ext in IMAGE_EXTENSIONS:
+                cand = os.path.join(img_dir, stem + ext)
+                if os.path.isfile(cand):
+                    img = cand
+                    break
+        entries.append((xml, img or os.path.join(img_dir, stem + ".jpg")))
+    return _build(entries, class_names, f"{os.path.basename(os.path.normpath(root))}/{split or 'all'}",
+                  skip_bad, transform)

@@ -1,0 +1,54 @@
+"""Run a detector over a dataset and score it (VOC AP, COCO metrics)."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from tqdm import tqdm
+
+from ..data.base import DetectionDataset
+from ..data.loader import make_loader
+from ..data.transforms import SSDTransform
+from ..eval import EvalReport, Evaluator
+from ..models import SSD
+
+
+def eval_view(dataset: DetectionDataset, model: SSD) -> DetectionDataset:
+    """The same records with the model's test-time transform (resize only)."""
+    view = DetectionDataset.__new__(DetectionDataset)
+    view.__dict__.update(dataset.__dict__)
+    view.transform = SSDTransform(model.image_size, train=False)
+    return view
+
+
+@torch.no_grad()
+def predict_dataset(model: SSD, dataset: DetectionDataset, batch_size: int = 16, device="cpu", workers: int = 1,
+                    progress: bool = True, channels_last: bool = False) -> Iterator[tuple[int, dict]]:
+    """Yields ``(record index, {"boxes", "scores", "labels"})`` in dataset order, boxes in original pixels."""
+    model.eval()
+    loader = make_loader(eval_view(dataset, model), batch_size, train=False, workers=workers)
+    index = 0
+    for batch in tqdm(loader, desc=f"eval {dataset.name}", disable=not progress, leave=False, mininterval=1.0):
+        images = batch["images"].to(device, non_blocking=True).float()
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        det = model.predict(images, batch["sizes"].to(device))
+        for d in det.per_image():
+            yield index, {k: v.cpu().numpy() for k, v in d.items()}
+            index += 1
+
+
+def evaluate_model(model: SSD, dataset: DetectionDataset, batch_size: int = 16, device="cpu", workers: int = 1,
+                   coco: bool = True, progress: bool = True, keep_predictions: bool = False,
+                   channels_last: bool = False):
+    """Score ``model`` on ``dataset``; returns the :class:`EvalReport` (and predictions if asked)."""
+    ev = Evaluator(dataset.class_names, dataset.category_ids, iou_thresholds=(0.75,))
+    kept = []
+    for i, d in predict_dataset(model, dataset, batch_size, device, workers, progress, channels_last):
+        r = dataset.records[i]
+        ev.add(r.image_id, r.boxes, r.labels, d["boxes"], d["scores"], d["labels"], difficult=r.difficult,
+               image_size=r.size)
+        if keep_predictions:
+            kept.append(d)
+    report: EvalReport = ev.compute(coco=coco)
+    return (report, kept) if keep_predictions else report

@@ -1,0 +1,388 @@
+"""Training loop.
+
+``Trainer(cfg).fit()`` builds the datasets, model, loss and optimiser from a
+:class:`~multibox.config.Config` and trains:
+
+* SGD with momentum; weight decay on weights only (not on biases or norms);
+* linear warmup, then cosine or multistep decay, stepped per iteration;
+* mixed precision on CUDA (bf16, or fp16 with loss scaling), optional bf16 on CPU;
+* gradient clipping; non-finite losses are skipped and counted, and a run of
+  them stops training with a message naming the likely causes;
+* validation every ``eval_every`` epochs with the VOC metric, keeping the best;
+* atomic checkpoints after every epoch (``last.pt``, ``best.pt``) holding weights,
+  optimiser, schedule position, RNG states, config and class names; ``resume``
+  continues exactly: every epoch re-seeds its shuffling, augmentation and
+  dropout from ``(seed, epoch)``, so a resumed run retraces an uninterrupted one;
+* a progress bar, ``log.csv``, loss/mAP curves (PNG) and TensorBoard if installed;
+* DistributedDataParallel under ``torchrun`` (NCCL on GPUs, gloo on CPU); the
+  loss is normalised by the positives of the whole global batch, and only
+  rank 0 writes files.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ..config import Config, save_config
+from ..data.base import DetectionDataset
+from ..data.loader import make_loader
+from ..data.transforms import SSDTransform
+from ..losses import FocalLoss, MultiBoxLoss
+from ..models import SSD, create_model
+from .checkpoint import atomic_save, load_checkpoint
+from .evaluate import evaluate_model
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only; biases, norm weights and scales are exempt."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones, gamma: float) -> float:
+    """Multiplier of the base learning rate at iteration ``step`` (0-based)."""
+    if warmup > 0 and step < warmup:
+        warm = (step + 1) / warmup
+    else:
+        warm = 1.0
+    if schedule == "cosine":
+        t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+        return warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))  # floor at 2% of the base lr
+    if schedule == "multistep":
+        drops = sum(step >= int(m * total) if m < 1 else step >= m for m in milestones)
+        return warm * gamma**drops
+    raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'multistep'")
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    def __init__(self, cfg: Config, datasets: dict[str, DetectionDataset] | None = None,
+                 progress: bool = True) -> None:
+        self.cfg = cfg
+        t = cfg.train
+        self.rank, self.world = _distributed()
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        if t.device == "auto":
+            self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(t.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+        if datasets is None:
+            from ..data.build import build_datasets
+
+            datasets = build_datasets(cfg.data)
+        self.datasets = datasets
+        train_set = datasets["train"]
+        self.class_names = train_set.class_names
+
+        torch.manual_seed(t.seed)
+        kwargs = dict(cfg.model.kwargs)
+        self.model: SSD = create_model(cfg.model.name, num_classes=len(self.class_names), **kwargs)
+        if cfg.model.checkpoint:
+            self.model.load_state_dict(load_checkpoint(cfg.model.checkpoint)["model"])
+        if cfg.model.freeze:
+            self.model.freeze_backbone(cfg.model.freeze)
+        if t.freeze_bn:
+            self.model.freeze_batchnorm()
+        self.model.to(self.device)
+        self.channels_last = t.channels_last
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+        fill = tuple(float(v) for v in self.model.mean.flatten().tolist())
+        train_set.transform = SSDTransform(self.model.image_size, train=True, fill=fill,
+                                           config=cfg.data.augment, seed=t.seed)
+        self.loader = make_loader(train_set, t.batch_size // self.world, train=True, workers=cfg.data.workers,
+                                  seed=t.seed, rank=self.rank, world_size=self.world)
+        self.iters_per_epoch = len(self.loader)
+        if t.iterations:
+            self.epochs = math.ceil(t.iterations / self.iters_per_epoch)
+            self.total_iters = t.iterations
+        else:
+            self.epochs = t.epochs
+            self.total_iters = t.epochs * self.iters_per_epoch
+
+        priors = self.model.priors
+        self.loss_fn = (MultiBoxLoss(priors) if self.model.score_type == "softmax" else FocalLoss(priors)).to(self.device)
+        self.optimizer = torch.optim.SGD(param_groups(self.model, t.weight_decay), lr=t.lr, momentum=t.momentum)
+        self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+                    if self.world > 1 else None)
+
+        self.amp_dtype = self._amp_dtype(t.amp)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.step = 0
+        self.epoch = 0  # epochs completed
+        self.best = -1.0
+        self.bad_steps = 0
+        self.skipped = 0
+        self.history: list[dict] = []
+        self.out_dir = cfg.out_dir
+        if self.is_main:
+            os.makedirs(self.out_dir, exist_ok=True)
+            save_config(cfg, os.path.join(self.out_dir, "config.yaml"))
+        self._tb = None
+
+    # --- setup helpers ------------------------------------------------------
+
+    def _amp_dtype(self, amp: str):
+        if amp == "off":
+            return None
+        if amp == "auto":
+            if self.device.type != "cuda":
+                return None
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if amp in ("bf16", "fp16"):
+            return torch.bfloat16 if amp == "bf16" else torch.float16
+        raise ValueError(f"train.amp must be auto, bf16, fp16 or off, got {amp!r}")
+
+    def _set_lr(self) -> float:
+        t = self.cfg.train
+        lr = t.lr * lr_factor(self.step, self.total_iters, t.warmup_iters, t.schedule, t.milestones, t.gamma)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    # --- one step -------------------------------------------------------------
+
+    def _bn_buffers(self) -> list[torch.Tensor]:
+        return [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+
+    def train_step(self, batch: dict) -> dict:
+        """Forward, loss, backward and (unless the loss is not finite) an optimiser step."""
+        t = self.cfg.train
+        lr = self._set_lr()
+        images = batch["images"].to(self.device, non_blocking=True).float()
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        boxes = batch["boxes"].to(self.device, non_blocking=True)
+        labels = batch["labels"].to(self.device, non_blocking=True)
+        net = self.ddp or self.model
+        # BatchNorm statistics move during the forward pass; keep a copy so that a skipped
+        # (non-finite) step leaves no trace, not even NaN running means.
+        bn_state = [(b, b.clone()) for b in self._bn_buffers()]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            loc, logits = net(images)
+        out = self.loss_fn(loc.float(), logits.float(), boxes, labels)
+        loss = out.loss
+        if self.world > 1:
+            # normalise by the positives of the global batch; DDP averages gradients over ranks
+            num_pos = out.num_positives.clone().float()
+            dist.all_reduce(num_pos)
+            loss = loss * out.num_positives.clamp(min=1).float() / num_pos.clamp(min=1) * self.world
+        finite = bool(torch.isfinite(loss))
+        if self.world > 1:
+            flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
+            dist.all_reduce(flag)
+            finite = flag.item() == 0
+        self.optimizer.zero_grad(set_to_none=True)
+        if not finite:
+            with torch.no_grad():
+                for buf, saved in bn_state:
+                    buf.copy_(saved)
+            self.skipped += 1
+            self.bad_steps += 1
+            if self.bad_steps >= t.max_bad_steps:
+                raise TrainingError(
+                    f"the loss was not finite for {self.bad_steps} steps in a row (step {self.step}, lr {lr:.3g}); "
+                    "likely causes: a learning rate too high for this batch size (lower train.lr or raise "
+                    "train.warmup_iters), or bad boxes in the data (check the dataset warnings)")
+            self.step += 1
+            return {"loss": float("nan"), "loc": float("nan"), "conf": float("nan"), "lr": lr, "skipped": True}
+        self.bad_steps = 0
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if t.clip_grad:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.step += 1
+        return {"loss": out.loss.item(), "loc": out.loc.item(), "conf": out.conf.item(), "lr": lr, "skipped": False}
+
+    # --- epochs -------------------------------------------------------------
+
+    def _seed_epoch(self, epoch: int) -> None:
+        s = self.cfg.train.seed * 100_003 + epoch
+        torch.manual_seed(s)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        self.loader.sampler.set_epoch(epoch)
+
+    def train_epoch(self, epoch: int) -> dict:
+        self._seed_epoch(epoch)
+        self.model.train()
+        sums = {"loss": 0.0, "loc": 0.0, "conf": 0.0}
+        n_ok = 0
+        images = 0
+        start = time.perf_counter()
+        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.progress,
+                   leave=False, mininterval=1.0, dynamic_ncols=True)
+        for batch in bar:
+            if self.step >= self.total_iters:
+                break
+            r = self.train_step(batch)
+            images += batch["images"].shape[0] * self.world
+            if not r["skipped"]:
+                n_ok += 1
+                for k in sums:
+                    sums[k] += r[k]
+            rate = images / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{r['loss']:.3f}", lr=f"{r['lr']:.2g}", img_s=f"{rate:.1f}")
+        elapsed = time.perf_counter() - start
+        stats = {k: v / max(n_ok, 1) for k, v in sums.items()}
+        stats.update(epoch=epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"],
+                     images_per_s=images / max(elapsed, 1e-9), epoch_s=elapsed, skipped=self.skipped)
+        return stats
+
+    def fit(self, stop_after_epoch: int | None = None) -> dict:
+        """Train to the end (or until ``stop_after_epoch`` epochs are done); returns the last stats."""
+        t = self.cfg.train
+        val = self.datasets.get("val")
+        last = {}
+        while self.epoch < self.epochs and self.step < self.total_iters:
+            stats = self.train_epoch(self.epoch)
+            self.epoch += 1
+            final = self.epoch >= self.epochs or self.step >= self.total_iters
+            if val is not None and ((t.eval_every and self.epoch % t.eval_every == 0) or final):
+                stats["val_mAP50"] = self._validate(val)
+            self.history.append(stats)
+            if self.is_main:
+                self._log(stats)
+                self.save(os.path.join(self.out_dir, "last.pt"))
+                if val is not None and stats.get("val_mAP50", -1) > self.best:
+                    self.best = stats["val_mAP50"]
+                    self.save(os.path.join(self.out_dir, "best.pt"))
+            last = stats
+            if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
+                break
+        if self.is_main:
+            self._plot()
+        return last
+
+    def _validate(self, dataset: DetectionDataset) -> float:
+        value = torch.zeros(1)
+        if self.is_main:
+            report = evaluate_model(self.model, dataset, batch_size=max(8, self.cfg.train.batch_size),
+                                    device=self.device, workers=self.cfg.data.workers, coco=False,
+                                    progress=self.progress, channels_last=self.channels_last)
+            value[0] = report.map
+        if self.world > 1:
+            value = value.to(self.device)
+            dist.broadcast(value, 0)
+        return float(value.item())
+
+    # --- files ----------------------------------------------------------------
+
+    def checkpoint_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "model_name": self.cfg.model.name,
+            "model_kwargs": dict(self.cfg.model.kwargs),
+            "class_names": list(self.class_names),
+            "category_ids": list(self.datasets["train"].category_ids),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "best": self.best,
+            "skipped": self.skipped,
+            "history": self.history,
+            "config": self.cfg.to_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": list(random.getstate()[1]),
+            },
+        }
+
+    def save(self, path: str) -> None:
+        atomic_save(self.checkpoint_dict(), path)
+
+    def resume(self, path: str) -> None:
+        """Continue from a checkpoint written by this trainer (same config)."""
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if list(ckpt["class_names"]) != list(self.class_names):
+            raise ValueError(f"{path}: classes {ckpt['class_names']} differ from the data's {self.class_names}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best"]
+        self.skipped, self.history = ckpt.get("skipped", 0), list(ckpt.get("history", []))
+        rng = ckpt.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"].cpu())
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+
+    def _log(self, stats: dict) -> None:
+        path = os.path.join(self.out_dir, "log.csv")
+        fields = ["epoch", "step", "lr", "loss", "loc", "conf", "val_mAP50", "images_per_s", "epoch_s", "skipped"]
+        new = not os.path.exists(path) or stats["epoch"] == 1
+        with open(path, "w" if new else "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in stats.items()})
+        if self.progress:
+            msg = (f"epoch {stats['epoch']}/{self.epochs}  loss {stats['loss']:.4f} (loc {stats['loc']:.3f}, "
+                   f"conf {stats['conf']:.3f})  lr {stats['lr']:.3g}  {stats['images_per_s']:.1f} img/s")
+            if "val_mAP50" in stats:
+                msg += f"  val mAP50 {stats['val_mAP50']:.4f}"
+            tqdm.write(msg)
+        if self._tb is False:
+            return
+        try:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(self.out_dir, "tensorboard"))
+            for k in ("loss", "loc", "conf", "lr", "images_per_s", "val_mAP50"):
+                if k in stats:
+                    self._tb.add_scalar(k, stats[k], stats["step"])
+        except Exception:  # TensorBoard is optional
+            self._tb = False
+
+    def _plot(self) -> None:
+        from ..viz import plot_training_curves
+
+        if self.history:
+            plot_training_curves(self.history, os.path.join(self.out_dir, "training_curves.png"))

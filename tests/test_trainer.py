@@ -1,0 +1,159 @@
+import math
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from helpers import make_voc
+from multibox.config import load_config
+from multibox.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from multibox.engine.trainer import Trainer, TrainingError, lr_factor, param_groups
+
+TINY = {"image_size": 128, "feature_strides": [16, 32], "extra_channels": [128, 64], "pretrained_backbone": False}
+
+
+def tiny_config(root, out, *extra):
+    return load_config(None, [
+        f"data.root={root}", "data.val=null", "data.test=null", "data.workers=0",
+        "model.name=ssdlite_effl0", f"model.kwargs={TINY}",
+        "train.batch_size=4", "train.epochs=2", "train.lr=0.01", "train.warmup_iters=2",
+        "train.eval_every=0", "train.threads=2", f"out_dir={out}", *extra,
+    ])
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    return make_voc(str(tmp_path_factory.mktemp("shapes")), n=8)
+
+
+def test_lr_schedule_by_hand():
+    assert lr_factor(0, 100, 10, "multistep", [0.5, 0.8], 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "multistep", [0.5, 0.8], 0.1) == pytest.approx(1.0)
+    assert lr_factor(50, 100, 10, "multistep", [0.5, 0.8], 0.1) == pytest.approx(0.1)
+    assert lr_factor(80, 100, 10, "multistep", [0.5, 0.8], 0.1) == pytest.approx(0.01)
+    # paper recipe in absolute iterations: drops at 80k and 100k of 120k
+    assert lr_factor(99_999, 120_000, 0, "multistep", [80_000, 100_000], 0.1) == pytest.approx(0.1)
+    assert lr_factor(10, 110, 10, "cosine", [], 0.1) == pytest.approx(1.0)
+    assert lr_factor(60, 110, 10, "cosine", [], 0.1) == pytest.approx(0.02 + 0.98 * 0.5)
+
+
+def test_no_weight_decay_on_biases_and_norms():
+    from multibox import create_model
+
+    m = create_model("ssd300_vgg16", num_classes=2)
+    decay, no_decay = param_groups(m, 5e-4)
+    assert all(p.ndim == 4 for p in decay["params"])
+    assert any(p is m.backbone.l2norm.weight for p in no_decay["params"]) and no_decay["weight_decay"] == 0
+
+
+def test_training_lowers_the_loss(voc_root, tmp_path):
+    # 15 steps on one batch of 4 images; the schedule spans 40 steps so the lr stays high
+    cfg = tiny_config(voc_root, tmp_path, "train.epochs=20", "train.lr=0.05", "train.clip_grad=null")
+    tr = Trainer(cfg, progress=False)
+    batch = next(iter(tr.loader))
+    losses = [tr.train_step(batch)["loss"] for _ in range(15)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(voc_root, tmp_path):
+    full = Trainer(tiny_config(voc_root, tmp_path / "full", "train.epochs=3"), progress=False)
+    full.fit()
+    part = Trainer(tiny_config(voc_root, tmp_path / "part", "train.epochs=3"), progress=False)
+    part.fit(stop_after_epoch=1)  # "stopped" after epoch 1; last.pt written
+    resumed = Trainer(tiny_config(voc_root, tmp_path / "part", "train.epochs=3"), progress=False)
+    resumed.resume(str(tmp_path / "part" / "last.pt"))
+    assert resumed.epoch == 1 and resumed.step == part.step
+    resumed.fit()
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
+    # files a user expects
+    for f in ("last.pt", "log.csv", "config.yaml", "training_curves.png"):
+        assert (tmp_path / "full" / f).exists(), f
+
+
+def test_checkpoint_rebuilds_the_detector(voc_root, tmp_path):
+    tr = Trainer(tiny_config(voc_root, tmp_path, "train.epochs=1"), progress=False)
+    tr.fit()
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["class_names"] == ["blue", "green", "red", "yellow"]
+    assert {"optimizer", "rng", "config", "epoch", "step"} <= set(ckpt)
+    model, names = model_from_checkpoint(ckpt)
+    x = torch.rand(1, 3, 128, 128) * 255
+    tr.model.eval()
+    assert torch.allclose(model.eval()(x)[1], tr.model(x)[1])
+
+
+def test_non_finite_losses_are_skipped_then_stop_the_run(voc_root, tmp_path, monkeypatch):
+    tr = Trainer(tiny_config(voc_root, tmp_path, "train.max_bad_steps=3"), progress=False)
+    batch = next(iter(tr.loader))
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    real = tr.loss_fn.forward
+
+    def nan_loss(*a, **k):
+        out = real(*a, **k)
+        return out._replace(loss=out.loss * float("nan"))
+
+    monkeypatch.setattr(tr.loss_fn, "forward", nan_loss)
+    assert tr.train_step(batch)["skipped"] and tr.skipped == 1
+    assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())  # no update
+    tr.train_step(batch)
+    with pytest.raises(TrainingError, match=r"not finite for 3 steps.*learning rate.*bad boxes"):
+        tr.train_step(batch)
+
+
+def test_validation_keeps_the_best_checkpoint(voc_root, tmp_path):
+    cfg = tiny_config(voc_root, tmp_path, "data.val=train", "train.eval_every=1")
+    tr = Trainer(cfg, progress=False)
+    tr.fit()
+    assert all("val_mAP50" in h for h in tr.history)
+    assert (tmp_path / "best.pt").exists()
+    assert load_checkpoint(tmp_path / "best.pt")["best"] == max(h["val_mAP50"] for h in tr.history)
+
+
+DDP_SCRIPT = r'''
+import os, sys, torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from multibox.config import load_config
+from multibox.engine.trainer import Trainer
+root, out, tiny = sys.argv[1], sys.argv[2], sys.argv[3]
+cfg = load_config(None, [f"data.root={root}", "data.val=null", "data.test=null", "data.workers=0",
+    "model.name=ssdlite_effl0", f"model.kwargs={tiny}", "train.batch_size=4", "train.epochs=1",
+    "train.clip_grad=null", "train.freeze_bn=true", "train.threads=1", f"out_dir={out}"])
+tr = Trainer(cfg, progress=False)
+tr._seed_epoch(0)
+batch = next(iter(tr.loader))
+tr.train_step(batch)
+if tr.rank == 0:
+    torch.save({"grads": {n: p.grad for n, p in tr.model.named_parameters() if p.grad is not None},
+                "paths": batch["paths"], "world": tr.world}, os.path.join(out, f"grads{tr.world}.pt"))
+'''
+
+
+def test_two_process_gloo_run_matches_single_process_gradients(voc_root, tmp_path):
+    script = tmp_path / "ddp_step.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run([sys.executable, str(script), voc_root, str(tmp_path), str(TINY)],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                            "--master_port", "29517", str(script), voc_root, str(tmp_path), str(TINY)],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert multi.returncode == 0, multi.stderr[-3000:]
+    g1 = torch.load(tmp_path / "grads1.pt", weights_only=True)
+    g2 = torch.load(tmp_path / "grads2.pt", weights_only=True)
+    assert g2["world"] == 2 and len(g2["paths"]) == 2 and len(g1["paths"]) == 4
+    assert set(g2["paths"]) < set(g1["paths"])
+    assert g1["grads"].keys() == g2["grads"].keys()
+    a = torch.cat([g2["grads"][k].flatten() for k in g1["grads"]])
+    b = torch.cat([g1["grads"][k].flatten() for k in g1["grads"]])
+    # float32 sums in a different order: equal to 1e-5 of the largest gradient entry
+    assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+    for k in g1["grads"]:
+        x, y = g2["grads"][k], g1["grads"][k]
+        assert (x - y).norm() <= 1e-3 * y.norm() + 1e-7, k
