@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from multibox.eval import Evaluator, voc_ap
-from multibox.eval.coco import coco_evaluate
 from multibox.eval.files import evaluate_coco_files
 
 A = [10, 10, 50, 50]

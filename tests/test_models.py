@@ -5,7 +5,7 @@ from multibox import create_model, list_models
 from multibox.losses import FocalLoss, MultiBoxLoss
 from multibox.models.efficientnet import EfficientNetLite0, lite0_weights_path, load_lite0_weights
 from multibox.models.resnet import ResNet, load_resnet_weights
-from multibox.models.vgg import VGG16Reduced, convert_vgg16_imagenet
+from multibox.models.vgg import convert_vgg16_imagenet
 from multibox.models.weights import read_state_dict
 
 EXPECTED = {

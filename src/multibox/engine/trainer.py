@@ -25,7 +25,6 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -50,7 +49,7 @@ class TrainingError(RuntimeError):
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on conv/linear weights only; biases, norm weights and scales are exempt."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 else decay).append(p)
