@@ -8,6 +8,7 @@ warning naming the files) and reads images on access.
 """
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -106,6 +107,12 @@ class DetectionDataset:
     def __len__(self) -> int:
         return len(self.records)
 
+    def with_transform(self, transform: Callable | None) -> "DetectionDataset":
+        """The same records (shared, not copied) under another transform."""
+        view = copy.copy(self)
+        view.transform = transform
+        return view
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -143,10 +150,8 @@ def concat_datasets(datasets: Sequence[DetectionDataset], name: str | None = Non
     for d in datasets[1:]:
         if d.class_names != first.class_names:
             raise DatasetError(f"cannot concatenate {first.name} and {d.name}: class lists differ")
-    out = DetectionDataset.__new__(DetectionDataset)
-    out.class_names, out.category_ids = first.class_names, first.category_ids
+    out = first.with_transform(first.transform)
     out.name = name or "+".join(d.name for d in datasets)
-    out.transform = first.transform
     out.problems = Problems()
     out.records = [r for d in datasets for r in d.records]
     return out

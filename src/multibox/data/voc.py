@@ -63,19 +63,31 @@ def parse_voc_xml(path: str) -> tuple[str | None, list[tuple[str, list[float], b
     return (fn.strip() if fn else None), objects
 
 
+def _parse(xml_path: str):
+    """``parse_voc_xml`` whose error is returned rather than raised (reported later by ``_build``)."""
+    try:
+        return parse_voc_xml(xml_path)
+    except DatasetError as e:
+        return e
+
+
 def _build(
-    entries: Sequence[tuple[str, str]],
+    entries: Sequence[tuple[str, str, object]],
     class_names: Sequence[str] | None,
     name: str,
     skip_bad: bool,
     transform,
 ) -> DetectionDataset:
-    """``entries`` are ``(xml path, image path)`` pairs."""
+    """``entries`` are ``(xml path, image path, parsed)``; ``parsed`` is what :func:`_parse`
+    returned, or None to parse here."""
     problems = Problems()
     parsed = []
-    for xml_path, img_path in entries:
+    for xml_path, img_path, result in entries:
         try:
-            _, objects = parse_voc_xml(xml_path)
+            result = _parse(xml_path) if result is None else result
+            if isinstance(result, DatasetError):
+                raise result
+            _, objects = result
             if not os.path.isfile(img_path):
                 raise DatasetError(f"{xml_path}: image file not found: {img_path}")
         except DatasetError:
@@ -128,11 +140,13 @@ def voc_dataset(
     for i in ids:
         xml = safe_join(root, os.path.join("Annotations", f"{i}.xml"), "image id", f"{root} split {split}")
         img = safe_join(root, os.path.join("JPEGImages", f"{i}.jpg"), "image id", xml)
-        if not os.path.isfile(img):  # some VOC-style sets store PNGs
-            fn, _ = parse_voc_xml(xml) if os.path.isfile(xml) else (None, None)
+        result = None
+        if not os.path.isfile(img):  # some VOC-style sets store PNGs: ask the XML
+            result = _parse(xml)
+            fn = None if isinstance(result, DatasetError) else result[0]
             if fn:
                 img = safe_join(os.path.join(root, "JPEGImages"), fn, "<filename>", xml)
-        entries.append((xml, img))
+        entries.append((xml, img, result))
     return _build(entries, class_names, f"{os.path.basename(os.path.normpath(root))}/{split}", skip_bad, transform)
 
 
@@ -157,12 +171,8 @@ def xml_folder_dataset(
     for stem in stems:
         xml = safe_join(ann_dir, stem + ".xml", "name", f"{root}/{split}.txt")
         img = None
-        fn = None
-        if os.path.isfile(xml):
-            try:
-                fn, _ = parse_voc_xml(xml)
-            except DatasetError:
-                fn = None  # reported properly by _build
+        result = _parse(xml)
+        fn = None if isinstance(result, DatasetError) else result[0]
         if fn:
             cand = safe_join(img_dir, os.path.basename(fn), "<filename>", xml)
             img = cand if os.path.isfile(cand) else None
@@ -172,6 +182,6 @@ def xml_folder_dataset(
                 if os.path.isfile(cand):
                     img = cand
                     break
-        entries.append((xml, img or os.path.join(img_dir, stem + ".jpg")))
+        entries.append((xml, img or os.path.join(img_dir, stem + ".jpg"), result))
     return _build(entries, class_names, f"{os.path.basename(os.path.normpath(root))}/{split or 'all'}",
                   skip_bad, transform)

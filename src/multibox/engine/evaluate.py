@@ -15,10 +15,7 @@ from ..models import SSD
 
 def eval_view(dataset: DetectionDataset, model: SSD) -> DetectionDataset:
     """The same records with the model's test-time transform (resize only)."""
-    view = DetectionDataset.__new__(DetectionDataset)
-    view.__dict__.update(dataset.__dict__)
-    view.transform = SSDTransform(model.image_size, train=False)
-    return view
+    return dataset.with_transform(SSDTransform(model.image_size, train=False))
 
 
 @torch.no_grad()

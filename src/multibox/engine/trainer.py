@@ -102,7 +102,7 @@ class Trainer:
             from ..data.build import build_datasets
 
             datasets = build_datasets(cfg.data)
-        self.datasets = datasets
+        self.datasets = dict(datasets)
         train_set = datasets["train"]
         self.class_names = train_set.class_names
 
@@ -121,8 +121,9 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
 
         fill = tuple(float(v) for v in self.model.mean.flatten().tolist())
-        train_set.transform = SSDTransform(self.model.image_size, train=True, fill=fill,
-                                           config=cfg.data.augment, seed=t.seed)
+        train_set = train_set.with_transform(SSDTransform(self.model.image_size, train=True, fill=fill,
+                                                          config=cfg.data.augment, seed=t.seed))
+        self.datasets["train"] = train_set
         self.loader = make_loader(train_set, t.batch_size // self.world, train=True, workers=cfg.data.workers,
                                   seed=t.seed, rank=self.rank, world_size=self.world)
         self.iters_per_epoch = len(self.loader)
