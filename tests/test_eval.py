@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -241,6 +242,8 @@ def test_coco_files_round_trip_and_mismatched_ids(tmp_path):
     r = evaluate_coco_files(tmp_path / "gt.json", tmp_path / "det.json")
     assert r.map == 1.0 and r.voc[1].ap is None  # "empty" (id 0) sorts first and has no objects
     assert r.coco["AP"] == pytest.approx(1.0)
+    assert math.isnan(r.coco["AP_large"])  # no object above 96x96 pixels: no value, not -1
+    assert "AP_large n/a" in r.table() and r.to_dict()["coco"]["AP_large"] is None
     dets.append({"image_id": 99, "category_id": 5, "bbox": [0, 0, 1, 1], "score": 0.1})
     (tmp_path / "det.json").write_text(json.dumps(dets))
     with pytest.raises(ValueError, match="image id 99 that is not in the ground truth"):

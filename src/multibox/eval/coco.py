@@ -84,4 +84,5 @@ def coco_evaluate(gt: dict, results: list[dict], verbose: bool = False) -> dict[
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    return {k: float(v) for k, v in zip(COCO_STAT_NAMES, ev.stats[:12])}
+    # COCOeval writes -1 where a size range has no ground truth: that is "no value", not a score
+    return {k: (float(v) if v >= 0 else float("nan")) for k, v in zip(COCO_STAT_NAMES, ev.stats[:12])}

@@ -86,7 +86,8 @@ class EvalReport:
         for t, v in sorted(self.ap_at.items()):
             lines.append(f"mAP@{t:.2f} (area): {v:.4f}")
         if self.coco:
-            lines.append("COCO: " + "  ".join(f"{k} {v:.4f}" for k, v in self.coco.items()))
+            lines.append("COCO: " + "  ".join(f"{k} {'n/a' if math.isnan(v) else f'{v:.4f}'}"
+                                              for k, v in self.coco.items()))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
