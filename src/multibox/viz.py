@@ -113,8 +113,10 @@ def plot_training_curves(history: list[dict], path: str | os.PathLike) -> None:
     pts = [(h["epoch"], h["val_mAP50"]) for h in history if "val_mAP50" in h]
     if pts:
         a2.plot(*zip(*pts), "o-", color="tab:green")
-        a2.set(ylim=(0, 1))
-    a2.set(xlabel="epoch", ylabel="mAP@0.5 (area)", title="Validation mAP")
+        a2.set(ylim=(0, 1), xlabel="epoch", ylabel="mAP@0.5 (area)", title="Validation mAP")
+    else:  # no validation split: show the schedule instead of an empty panel
+        a2.plot(epochs, [h.get("lr", float("nan")) for h in history], "-", color="tab:purple")
+        a2.set(xlabel="epoch", ylabel="learning rate (end of epoch)", title="Learning rate")
     a2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
