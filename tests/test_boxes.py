@@ -139,3 +139,13 @@ def test_check_boxes_errors(boxes, message):
 def test_box_iou_rejects_wrong_shape():
     with pytest.raises(ValueError, match=r"\(\.\.\., 4\)"):
         box_iou(torch.zeros(3, 5), torch.zeros(2, 4))
+
+
+def test_numpy_iou_equals_torch_iou():
+    from multibox.boxes import box_iou_numpy
+
+    a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 2.0]], dtype=torch.float64)
+    got = box_iou_numpy(a.numpy(), b.numpy())
+    assert got.tolist() == pytest.approx(box_iou(a, b).tolist())
+    assert got[0].tolist() == pytest.approx([1 / 7, 0.0, 0.5]) and got[1, 1] == 0.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -89,6 +90,20 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     inter = wh[..., 0] * wh[..., 1]
     union = box_area(boxes1).unsqueeze(-1) + box_area(boxes2).unsqueeze(-2) - inter
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
+
+
+def box_iou_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """:func:`box_iou` for ``(A, 4)`` and ``(B, 4)`` numpy arrays (data loading and
+    evaluation work in numpy); pairs with an empty union have IoU 0."""
+    lt = np.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = np.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area1 = np.prod(np.clip(boxes1[:, 2:] - boxes1[:, :2], 0, None), axis=1)
+    area2 = np.prod(np.clip(boxes2[:, 2:] - boxes2[:, :2], 0, None), axis=1)
+    union = area1[:, None] + area2[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / union, 0.0)
 
 
 def encode_boxes(

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import torch
 
+from ..boxes import box_iou_numpy
 from .base import DetectionDataset
 
 
@@ -51,15 +52,6 @@ class AugmentConfig:
     channel_swap_prob: float = 0.5
 
 
-def _iou_one_to_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    lt = np.maximum(box[:2], boxes[:, :2])
-    rb = np.minimum(box[2:], boxes[:, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[:, 0] * wh[:, 1]
-    union = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) - inter
-    return inter / np.maximum(union, 1e-12)
-
-
 def random_crop_window(rng: np.random.Generator, width: float, height: float, boxes: np.ndarray,
                        cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
     """Pick a crop window ``[x1, y1, x2, y2]`` of a ``width x height`` image and the mask of
@@ -80,7 +72,7 @@ def random_crop_window(rng: np.random.Generator, width: float, height: float, bo
         win = np.array([x, y, x + w, y + h])
         if len(boxes) == 0:
             return win, keep_all
-        if _iou_one_to_many(win, boxes).max() < mode:
+        if box_iou_numpy(win[None], boxes).max() < mode:
             continue
         inside = (centres[:, 0] > win[0]) & (centres[:, 0] < win[2]) & (centres[:, 1] > win[1]) & (centres[:, 1] < win[3])
         if not inside.any():
@@ -168,11 +160,10 @@ class SSDTransform:
         rng = np.random.default_rng([self.seed, self.epoch, index])
         m, keep, flip = self.geometry(rng, w, h, boxes)
         out_h, out_w = self.size
-        interp = cv2.INTER_LINEAR if (out_w / w) >= 1 or not self.train else cv2.INTER_AREA
         if not self.train:
             out = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
         else:
-            out = cv2.warpAffine(img, m, (out_w, out_h), flags=interp, borderMode=cv2.BORDER_CONSTANT,
+            out = cv2.warpAffine(img, m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                  borderValue=self.fill)
         b = boxes[keep]
         x = b[:, [0, 2]] * m[0, 0] + m[0, 2]

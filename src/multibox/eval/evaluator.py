@@ -23,20 +23,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ..boxes import box_iou_numpy
 from .coco import coco_evaluate, coco_ground_truth, coco_results
 from .voc import ClassResult, class_result, mean_ap
-
-
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, inter / union, 0.0)
 
 
 def _as_boxes(x, what: str, image_id) -> np.ndarray:
@@ -194,7 +183,7 @@ class Evaluator:
         self._gt_difficult.append(gd)
         if len(db):
             if len(gb):
-                iou = _iou_matrix(db, gb)
+                iou = box_iou_numpy(db, gb)
                 iou[dl[:, None] != gl[None, :]] = -1.0  # only objects of the detection's class
                 j = iou.argmax(axis=1)
                 ov = iou[np.arange(len(db)), j]
