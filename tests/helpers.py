@@ -58,3 +58,25 @@ def make_voc(root, n=8, seed=0, names=("red", "green", "blue", "yellow"), split=
 def write_coco(path, images, annotations, categories):
     with open(path, "w") as f:
         json.dump({"images": images, "annotations": annotations, "categories": categories}, f)
+
+
+def make_checkpoint(path, class_names=("red", "green", "blue"), image_size=160, seed=0, head_std=0.1, **kwargs):
+    """An ssdlite_effl0 (ImageNet backbone, untrained heads) saved as a multibox checkpoint; returns the path.
+
+    The prediction heads get random weights of std ``head_std`` so that scores spread over
+    (0, 1) as a trained model's do (freshly initialised heads score every prior alike)."""
+    import torch
+
+    from multibox.engine.checkpoint import atomic_save
+    from multibox.models import create_model
+
+    torch.manual_seed(seed)
+    kw = {"image_size": image_size, **kwargs}
+    model = create_model("ssdlite_effl0", num_classes=len(class_names), pretrained_backbone=True, **kw)
+    if head_std:
+        with torch.no_grad():
+            for p in model.head.parameters():
+                p.normal_(0.0, head_std)
+    atomic_save({"model": model.state_dict(), "model_name": "ssdlite_effl0", "model_kwargs": kw,
+                 "class_names": list(class_names)}, path)
+    return str(path)

@@ -4,6 +4,10 @@
     multibox train --config PRESET [key=value ...]    train from a preset or YAML file, with overrides
     multibox val --checkpoint CKPT [--split test]     score a checkpoint, write metrics.json and plots
     multibox evaluate --gt GT.json --detections R.json [--out DIR]
+    multibox predict CKPT|MODEL.onnx SOURCES... [--conf 0.25] [--out runs/predict]
+    multibox show -c PRESET | --checkpoint CKPT [--augment] [--predict]   draw ground truth into a grid
+    multibox export CKPT [--format onnx|torch-export] [--out model.onnx]
+    multibox import-torchvision SSD300.pth --out ssd300_coco.pt        torchvision ssd300_vgg16 weights
     multibox models | presets                         list the model zoo / the config presets
 """
 from __future__ import annotations
@@ -147,6 +151,80 @@ def _cmd_val(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .detector import Detector
+    from .predict import predict_files
+
+    det = Detector.from_checkpoint(args.model, device=args.device)
+    summary = predict_files(det, args.sources, args.out, conf=args.conf, iou=args.iou, max_det=args.max_det,
+                            batch_size=args.batch_size, draw=not args.no_draw, save_txt=not args.no_txt)
+    print(summary.table())
+    print(f"wrote images/, labels/, detections.json (COCO results), images.json and summary.json to {args.out}")
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .config import config_from_dict, load_config
+    from .data.build import load_split
+    from .data.transforms import SSDTransform
+    from .detector import Detector
+    from .show import show_dataset
+    from .viz import save_image
+
+    if not args.config and not args.checkpoint:
+        raise ValueError("give a dataset config (-c PRESET or YAML) or a --checkpoint")
+    detector = None
+    if args.checkpoint:
+        from .engine.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(args.checkpoint)
+        cfg = config_from_dict(ckpt.get("config", {})) if not args.config else load_config(args.config, args.overrides)
+        names = list(ckpt["class_names"])
+        if args.predict:
+            detector = Detector.from_checkpoint(args.checkpoint)
+    else:
+        cfg = load_config(args.config, args.overrides)
+        names = cfg.data.class_names
+    _apply_data_path(cfg, args.data)
+    split = args.split or cfg.data.train
+    dataset = load_split(cfg.data, split, names)
+    augment = None
+    if args.augment:
+        from .models import create_model
+
+        kwargs = dict(cfg.model.kwargs, pretrained_backbone=False) if cfg.model.name == "ssdlite_effl0" else dict(
+            cfg.model.kwargs)
+        size = create_model(cfg.model.name, num_classes=dataset.num_classes, **kwargs).image_size
+        augment = SSDTransform(size, train=True, config=cfg.data.augment, seed=args.seed)
+    grid = show_dataset(dataset, n=args.num, augment=augment, detector=detector, conf=args.conf, seed=args.seed)
+    save_image(args.out, grid)
+    print(f"wrote {args.out}: {min(args.num, len(dataset))} images of {dataset.name}"
+          + (" after training augmentation" if augment else "") + (" beside predictions" if detector else ""))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .engine.checkpoint import model_from_checkpoint
+    from .export import export_onnx, export_program
+
+    model, names = model_from_checkpoint(args.checkpoint)
+    out = args.out or os.path.splitext(args.checkpoint)[0] + (".onnx" if args.format == "onnx" else ".pt2")
+    if args.format == "onnx":
+        export_onnx(model, out, names, max_detections=args.max_det)
+    else:
+        export_program(model, out, names)
+    print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
+    return 0
+
+
+def _cmd_import_torchvision(args: argparse.Namespace) -> int:
+    from .interop import import_torchvision_ssd300
+
+    import_torchvision_ssd300(args.weights, args.out)
+    print(f"wrote {args.out}: multibox ssd300_vgg16 with torchvision's COCO classes, priors and normalisation")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multibox", description="Single Shot MultiBox Detector toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +258,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detections", required=True, help="COCO results JSON (list of detections)")
     p.add_argument("--out", help="folder for metrics.json and PR curves")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="detect objects in images, folders, globs or videos")
+    p.add_argument("model", help="a checkpoint (.pt) or an exported .onnx file")
+    p.add_argument("sources", nargs="+", help="image files, folders, glob patterns or video files")
+    p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
+    p.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
+    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the model's, 0.45)")
+    p.add_argument("--max-det", type=int, default=None, help="detections per image (default: the model's, 200)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-draw", action="store_true", help="do not write pictures")
+    p.add_argument("--no-txt", action="store_true", help="do not write per-image text files")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("show", help="draw a dataset's ground truth (after augmentation, beside predictions)")
+    p.add_argument("--config", "-c", help="preset name or YAML path naming the dataset")
+    p.add_argument("--checkpoint", help="a checkpoint: its dataset (unless -c) and, with --predict, its predictions")
+    p.add_argument("--predict", action="store_true", help="draw the checkpoint's predictions beside ground truth")
+    p.add_argument("--split", help="split name (default: the training split)")
+    p.add_argument("--augment", action="store_true", help="show images after the training augmentation")
+    p.add_argument("--num", "-n", type=int, default=12, help="images in the grid (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="which random images / augmentations")
+    p.add_argument("--conf", type=float, default=0.3)
+    p.add_argument("--data", help="dataset folder (overrides data.root)")
+    p.add_argument("--out", default="show.jpg")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("export", help="export a checkpoint: ONNX (decode + NMS included) or a torch.export program")
+    p.add_argument("checkpoint")
+    p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx",
+                   help="onnx: the whole detector; torch-export: the network as a .pt2 program")
+    p.add_argument("--out", help="output file (default: beside the checkpoint)")
+    p.add_argument("--max-det", type=int, default=None, help="detections per image in the graph (default 200)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("import-torchvision", help="convert torchvision ssd300_vgg16 COCO weights to a checkpoint")
+    p.add_argument("weights", help="torchvision ssd300_vgg16 state dict (.pth or .safetensors)")
+    p.add_argument("--out", required=True, help="multibox checkpoint to write")
+    p.set_defaults(func=_cmd_import_torchvision)
 
     p = sub.add_parser("models", help="list the model zoo")
     p.add_argument("--num-classes", type=int, default=20, help="object classes (default 20, as Pascal VOC)")

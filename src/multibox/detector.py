@@ -40,6 +40,18 @@ class Prediction:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def to_coco(self, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict]:
+        """COCO results entries: ``image_id``, ``category_id`` (``category_ids[label - 1]`` or the
+        label itself), ``bbox`` ``[x, y, w, h]`` and ``score``."""
+        out = []
+        for b, s, l in zip(self.boxes, self.scores, self.labels):
+            cat = int(category_ids[l - 1]) if category_ids is not None else int(l)
+            x1, y1, x2, y2 = (float(v) for v in b)
+            out.append({"image_id": int(image_id), "category_id": cat,
+                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                        "score": round(float(s), 5)})
+        return out
+
     def to_dict(self) -> dict:
         return {
             "source": self.source,
@@ -86,6 +98,20 @@ def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int]) -> Tensor:
 
 class Detector:
     """A trained :class:`~multibox.models.SSD` ready for use on ordinary images."""
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu"):
+        """A detector from a training checkpoint (``.pt``, loaded with ``weights_only=True``)
+        or from an ONNX export (``.onnx``, run with ONNX Runtime); both have the same ``predict``."""
+        if os.fspath(path).lower().endswith(".onnx"):
+            from .export import OnnxDetector
+
+            return OnnxDetector(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+                                if str(device).startswith("cuda") else None)
+        from .engine.checkpoint import model_from_checkpoint
+
+        model, names = model_from_checkpoint(path)
+        return cls(model, names, device)
 
     def __init__(self, model: SSD, class_names: Sequence[str], device: str | torch.device = "cpu") -> None:
         if len(class_names) != model.num_classes:

@@ -146,7 +146,10 @@ def postprocess(
         z = loc.new_zeros
         return Detections(z(n, 0, 4), z(n, 0), torch.zeros(n, 0, dtype=torch.long, device=loc.device),
                           torch.zeros(n, dtype=torch.long, device=loc.device))
-    top_scores, top_idx = scores.topk(k, dim=-1)  # (N, C, K), sorted descending
+    # A stable sort, not topk: equal scores keep prior order, so ties resolve the same
+    # way everywhere (ONNX's TopK and NonMaxSuppression also prefer the lower index).
+    top_scores, top_idx = scores.sort(dim=-1, descending=True, stable=True)
+    top_scores, top_idx = top_scores[..., :k], top_idx[..., :k]  # (N, C, K)
     valid = top_scores > score_threshold
     cand = torch.gather(boxes.unsqueeze(1).expand(n, c, p, 4), 2, top_idx.unsqueeze(-1).expand(n, c, k, 4))
 
@@ -156,7 +159,8 @@ def postprocess(
 
     kept_scores = torch.where(keep, top_scores, torch.full_like(top_scores, -1.0)).reshape(n, c * k)
     d = min(max_detections, c * k)
-    best_scores, best = kept_scores.topk(d, dim=1)  # (N, D)
+    best_scores, best = kept_scores.sort(dim=1, descending=True, stable=True)
+    best_scores, best = best_scores[:, :d], best[:, :d]  # (N, D)
     real = best_scores >= 0
     out_boxes = torch.gather(cand.reshape(n, c * k, 4), 1, best.unsqueeze(-1).expand(n, d, 4))
     out_labels = best // k + 1

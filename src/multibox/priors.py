@@ -113,12 +113,15 @@ def grid_feature_maps(
     return maps
 
 
-def make_priors(maps: Sequence[FeatureMapPriors], clip: bool = False) -> Tensor:
+def make_priors(maps: Sequence[FeatureMapPriors], clip: bool | str = False) -> Tensor:
     """Tile the prior shapes over each grid: ``(P, 4)`` cxcywh in image fractions.
 
-    With ``clip=True`` each prior is clipped to the image (in corner form) and
-    converted back, as the reference SSD implementation does.
+    ``clip=True`` (or ``"box"``) clips each prior to the image (in corner form) and
+    converts back, as the reference SSD implementation does; ``clip="size"`` only
+    caps widths and heights at 1, as torchvision's ``DefaultBoxGenerator`` does.
     """
+    if clip not in (False, True, "box", "size", "none", None):
+        raise ValueError(f"clip must be False, True/'box' or 'size', got {clip!r}")
     out = []
     for fm in maps:
         rows, cols = fm.size
@@ -131,7 +134,9 @@ def make_priors(maps: Sequence[FeatureMapPriors], clip: bool = False) -> Tensor:
         sizes = wh.unsqueeze(0).expand(rows * cols, -1, 2)
         out.append(torch.cat((centres, sizes), dim=-1).reshape(-1, 4))
     priors = torch.cat(out, dim=0)
-    if clip:
+    if clip == "size":
+        priors = torch.cat((priors[:, :2], priors[:, 2:].clamp(max=1.0)), dim=1)
+    elif clip in (True, "box"):
         priors = xyxy_to_cxcywh(cxcywh_to_xyxy(priors).clamp(0.0, 1.0))
     return priors.to(torch.float32)
 

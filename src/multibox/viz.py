@@ -59,6 +59,35 @@ def draw_boxes(
     return img
 
 
+def fit_width(img: np.ndarray, width: int) -> np.ndarray:
+    """Resize an image to ``width`` pixels wide, keeping its aspect ratio."""
+    h, w = img.shape[:2]
+    return cv2.resize(img, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray, width: int = 480) -> np.ndarray:
+    """Two pictures of the same image (e.g. ground truth | predictions) with a thin white gap."""
+    a, b = fit_width(left, width), fit_width(right, width)
+    if a.shape[0] != b.shape[0]:
+        b = cv2.resize(b, (b.shape[1], a.shape[0]), interpolation=cv2.INTER_AREA)
+    gap = np.full((a.shape[0], 6, 3), 255, np.uint8)
+    return np.concatenate([a, gap, b], axis=1)
+
+
+def image_grid(tiles: Sequence[np.ndarray], cols: int = 2) -> np.ndarray:
+    """Tiles (any sizes) in rows of ``cols`` on a white background."""
+    h = max(t.shape[0] for t in tiles)
+    w = max(t.shape[1] for t in tiles)
+    rows = []
+    for i in range(0, len(tiles), cols):
+        row = [np.pad(t, ((0, h - t.shape[0] + 6), (0, w - t.shape[1] + 6), (0, 0)), constant_values=255)
+               for t in tiles[i:i + cols]]
+        while len(row) < cols:
+            row.append(np.full((h + 6, w + 6, 3), 255, np.uint8))
+        rows.append(np.concatenate(row, axis=1))
+    return np.concatenate(rows, axis=0)
+
+
 def save_image(path: str | os.PathLike, rgb: np.ndarray) -> None:
     if not cv2.imwrite(os.fspath(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write image {path}")

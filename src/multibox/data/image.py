@@ -17,6 +17,8 @@ from PIL import Image, ImageOps
 # or corrupt header could otherwise claim gigabytes of memory.
 MAX_IMAGE_PIXELS = 256_000_000
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
 cv2.setNumThreads(1)  # data loader workers parallelise across images
 
 

@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 
 from .base import DatasetError, DetectionDataset, Problems, Record
+from .image import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def safe_join(root: str, name: str, what: str, source: str) -> str:

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 import os
 
-import numpy as np
-
 from ..data.base import DetectionDataset
 from ..data.image import read_image
 from ..eval import EvalReport
 from ..models import SSD
-from ..viz import draw_boxes, plot_pr_curves, save_image
+from ..viz import draw_boxes, image_grid, plot_pr_curves, save_image, side_by_side
 from .evaluate import evaluate_model
 
 
@@ -47,34 +45,7 @@ def write_report(model: SSD, dataset: DetectionDataset, out_dir: str, device="cp
         save_image(os.path.join(pic_dir, f"{os.path.splitext(os.path.basename(r.image_path))[0]}.jpg"), pred_img)
         if len(tiles) < 6:
             gt_img = draw_boxes(img, r.boxes, r.labels, dataset.class_names)
-            tiles.append(_side_by_side(gt_img, pred_img))
+            tiles.append(side_by_side(gt_img, pred_img))
     if tiles:
-        save_image(os.path.join(out_dir, "predictions_overview.jpg"), _grid(tiles))
+        save_image(os.path.join(out_dir, "predictions_overview.jpg"), image_grid(tiles))
     return report
-
-
-def _fit(img: np.ndarray, width: int) -> np.ndarray:
-    import cv2
-
-    h, w = img.shape[:2]
-    return cv2.resize(img, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
-
-
-def _side_by_side(gt: np.ndarray, pred: np.ndarray, width: int = 480) -> np.ndarray:
-    """Ground truth (left) beside predictions (right), with a thin white gap, as in the walkthrough."""
-    a, b = _fit(gt, width), _fit(pred, width)
-    gap = np.full((a.shape[0], 6, 3), 255, np.uint8)
-    return np.concatenate([a, gap, b], axis=1)
-
-
-def _grid(tiles: list[np.ndarray], cols: int = 2) -> np.ndarray:
-    h = max(t.shape[0] for t in tiles)
-    w = max(t.shape[1] for t in tiles)
-    rows = []
-    for i in range(0, len(tiles), cols):
-        row = [np.pad(t, ((0, h - t.shape[0] + 6), (0, w - t.shape[1] + 6), (0, 0)), constant_values=255)
-               for t in tiles[i:i + cols]]
-        while len(row) < cols:
-            row.append(np.full((h + 6, w + 6, 3), 255, np.uint8))
-        rows.append(np.concatenate(row, axis=1))
-    return np.concatenate(rows, axis=0)

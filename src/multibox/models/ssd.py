@@ -62,7 +62,7 @@ class SSD(nn.Module):
         mean: Sequence[float] = (123.675, 116.28, 103.53),
         std: Sequence[float] = (58.395, 57.12, 57.375),
         backbone_maps: Sequence[int] = (0, 1),
-        clip_priors: bool = False,
+        clip_priors: bool | str = False,
         variances: tuple[float, float] = DEFAULT_VARIANCES,
         postprocess_config: PostprocessConfig | None = None,
     ) -> None:

@@ -91,7 +91,7 @@ def _ssd_vgg16(
     score_type: str,
     mean: Sequence[float],
     std: Sequence[float],
-    clip_priors: bool,
+    clip_priors: bool | str,
     steps: Sequence[float] | None,
     kwargs: dict,
 ) -> SSD:
@@ -117,7 +117,7 @@ def ssd300_vgg16(
     std: Sequence[float] = IMAGENET_STD,
     scales: Sequence[float] = SSD300_SCALES,
     steps: Sequence[float] | None = None,
-    clip_priors: bool = False,
+    clip_priors: bool | str = False,
     **kwargs,
 ) -> SSD:
     """SSD300 (paper): VGG16 reduced, 6 maps 38/19/10/5/3/1, 4-6-6-6-4-4 priors per cell, 8732 priors.
@@ -136,7 +136,7 @@ def ssd512_vgg16(
     std: Sequence[float] = IMAGENET_STD,
     scales: Sequence[float] = SSD512_SCALES,
     steps: Sequence[float] | None = None,
-    clip_priors: bool = False,
+    clip_priors: bool | str = False,
     **kwargs,
 ) -> SSD:
     """SSD512: VGG16 reduced, 7 maps 64/32/16/8/4/2/1, 4-6-6-6-6-4-4 priors per cell, 24564 priors."""

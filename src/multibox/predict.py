@@ -1,0 +1,255 @@
+"""Prediction over files: images, folders, globs and videos, written out for people and programs.
+
+    summary = predict_files(detector, ["photos/", "clip.mp4"], "runs/predict", conf=0.25)
+
+For every input image ``out_dir`` gets exactly one result: ``images/<name>.jpg`` with
+the boxes drawn, ``labels/<name>.txt`` (one ``class score x1 y1 x2 y2`` line per
+detection, empty when there is none) and its entries in ``detections.json`` (the
+COCO results format; ``images.json`` maps its ``image_id`` to the file). A video
+becomes ``<name>.mp4`` with boxes drawn on every frame (its frames are images
+``<name>#<frame>`` in the JSON). Unreadable files are listed in ``failed.txt`` and
+skipped; ``summary.json`` counts detections per class. Images are streamed in
+batches (read ahead on a thread), so memory does not grow with the number of files.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from .data.image import IMAGE_EXTENSIONS, ImageReadError, read_image
+from .viz import draw_boxes, save_image
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+@dataclass
+class PredictSummary:
+    images: int = 0
+    detections: int = 0
+    per_class: Counter = field(default_factory=Counter)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        lines = [f"{self.images} images, {self.detections} detections"
+                 + (f", {len(self.failed)} unreadable (see failed.txt)" if self.failed else "")]
+        for name, n in sorted(self.per_class.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {name:<24} {n:>7}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"images": self.images, "detections": self.detections, "per_class": dict(self.per_class),
+                "failed": [{"file": f, "error": e} for f, e in self.failed], "videos": self.videos}
+
+
+def expand_sources(sources: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Files, folders (searched recursively) and glob patterns -> ``(images, videos)``, sorted.
+    A source that matches nothing is an error naming it."""
+    images: list[str] = []
+    videos: list[str] = []
+
+    def add(path: str) -> None:
+        ext = os.path.splitext(path)[1].lower()
+        (videos if ext in VIDEO_EXTENSIONS else images).append(path)
+
+    for src in sources:
+        src = os.fspath(src)
+        if os.path.isdir(src):
+            found = sorted(os.path.join(root, f) for root, _, files in os.walk(src) for f in files
+                           if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            if not found:
+                raise FileNotFoundError(f"{src}: folder has no images or videos")
+            for f in found:
+                add(f)
+        elif os.path.isfile(src):
+            add(src)  # a named file is always attempted, whatever its extension
+        elif glob.has_magic(src):
+            found = sorted(f for f in glob.glob(src, recursive=True) if os.path.isfile(f))
+            if not found:
+                raise FileNotFoundError(f"{src}: pattern matches no files")
+            for f in found:
+                add(f)
+        else:
+            raise FileNotFoundError(f"{src}: no such file, folder or pattern")
+    return images, videos
+
+
+def _unique_name(path: str, used: set[str]) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0] or "image"
+    name, i = stem, 1
+    while name in used:
+        name = f"{stem}_{i}"
+        i += 1
+    used.add(name)
+    return name
+
+
+def _read(path: str) -> tuple[str, np.ndarray | None, str | None]:
+    try:
+        return path, read_image(path), None
+    except (ImageReadError, OSError, ValueError) as e:
+        return path, None, str(e)
+
+
+def _batches(paths: Sequence[str], batch_size: int) -> Iterator[list[tuple[str, np.ndarray | None, str | None]]]:
+    """Read images a batch ahead on a worker thread (decoding releases the GIL)."""
+    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = pool.map(lambda c: [_read(p) for p in c], chunks[:1])
+        for i in range(len(chunks)):
+            current = list(pending)[0]
+            if i + 1 < len(chunks):
+                pending = pool.map(lambda c: [_read(p) for p in c], chunks[i + 1:i + 2])
+            yield current
+
+
+class _JsonArrayWriter:
+    """Writes a JSON list one item at a time, so results never pile up in memory."""
+
+    def __init__(self, path: str) -> None:
+        self.f = open(path, "w")
+        self.f.write("[")
+        self.first = True
+
+    def write(self, item: dict) -> None:
+        self.f.write(("\n" if self.first else ",\n") + json.dumps(item))
+        self.first = False
+
+    def close(self) -> None:
+        self.f.write("\n]\n")
+        self.f.close()
+
+
+def _labels_text(pred) -> str:
+    return "".join(f"{n.replace(' ', '_')} {s:.4f} {b[0]:.1f} {b[1]:.1f} {b[2]:.1f} {b[3]:.1f}\n"
+                   for n, s, b in zip(pred.names, pred.scores, pred.boxes))
+
+
+def predict_files(
+    detector,
+    sources: Sequence[str],
+    out_dir: str,
+    conf: float = 0.25,
+    iou: float | None = None,
+    max_det: int | None = None,
+    batch_size: int = 8,
+    draw: bool = True,
+    save_txt: bool = True,
+    progress: bool = True,
+) -> PredictSummary:
+    """Run ``detector`` (a :class:`~multibox.Detector` or :class:`~multibox.export.OnnxDetector`)
+    over ``sources`` and write the results described in the module docstring to ``out_dir``."""
+    from tqdm import tqdm
+
+    image_paths, video_paths = expand_sources(sources)
+    os.makedirs(out_dir, exist_ok=True)
+    img_dir, txt_dir = os.path.join(out_dir, "images"), os.path.join(out_dir, "labels")
+    if draw:
+        os.makedirs(img_dir, exist_ok=True)
+    if save_txt:
+        os.makedirs(txt_dir, exist_ok=True)
+    names = detector.class_names
+    summary = PredictSummary()
+    used: set[str] = set()
+    dets = _JsonArrayWriter(os.path.join(out_dir, "detections.json"))
+    image_entries: list[dict] = []
+
+    def record(pred, name: str, source: str, image: np.ndarray | None) -> None:
+        image_id = len(image_entries) + 1
+        h, w = pred.image_size
+        image_entries.append({"id": image_id, "file_name": source, "width": w, "height": h})
+        for entry in pred.to_coco(image_id):
+            dets.write(entry)
+        summary.images += 1
+        summary.detections += len(pred)
+        summary.per_class.update(pred.names)
+        if save_txt:
+            with open(os.path.join(txt_dir, f"{name}.txt"), "w") as f:
+                f.write(_labels_text(pred))
+        if draw and image is not None:
+            save_image(os.path.join(img_dir, f"{name}.jpg"),
+                       draw_boxes(image, pred.boxes, pred.labels, names, pred.scores))
+
+    try:
+        bar = tqdm(total=len(image_paths), desc="predict", unit="img", disable=not progress or not image_paths)
+        for batch in _batches(image_paths, batch_size):
+            ok = [(p, im) for p, im, err in batch if im is not None]
+            for p, _, err in batch:
+                if err is not None:
+                    summary.failed.append((p, err))
+            preds = detector.predict([im for _, im in ok], conf=conf, iou=iou, max_det=max_det,
+                                     batch_size=batch_size) if ok else []
+            for (p, im), pred in zip(ok, preds):
+                pred.source = p
+                record(pred, _unique_name(p, used), p, im)
+            bar.update(len(batch))
+            bar.set_postfix(detections=summary.detections, failed=len(summary.failed))
+        bar.close()
+        for v in video_paths:
+            try:
+                _predict_video(detector, v, out_dir, _unique_name(v, used), conf, iou, max_det, batch_size,
+                               record, progress)
+                summary.videos.append(v)
+            except ImageReadError as e:
+                summary.failed.append((v, str(e)))
+    finally:
+        dets.close()
+        with open(os.path.join(out_dir, "images.json"), "w") as f:
+            json.dump({"images": image_entries,
+                       "categories": [{"id": i, "name": n} for i, n in enumerate(names, start=1)]}, f)
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary.to_dict(), f, indent=2)
+        with open(os.path.join(out_dir, "failed.txt"), "w") as f:
+            f.write("".join(f"{p}\t{e}\n" for p, e in summary.failed))
+    return summary
+
+
+def _predict_video(detector, path, out_dir, name, conf, iou, max_det, batch_size, record, progress) -> None:
+    from tqdm import tqdm
+
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise ImageReadError(f"{path}: cannot open as a video")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    writer = None
+    bar = tqdm(total=total, desc=os.path.basename(path), unit="frame", disable=not progress)
+    frame_no = 0
+    try:
+        while True:
+            frames = []
+            while len(frames) < batch_size:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            if not frames:
+                break
+            preds = detector.predict(frames, conf=conf, iou=iou, max_det=max_det, batch_size=batch_size)
+            for rgb, pred in zip(frames, preds):
+                frame_no += 1
+                source = f"{path}#{frame_no}"
+                pred.source = source
+                record(pred, f"{name}_{frame_no:06d}", source, None)
+                drawn = draw_boxes(rgb, pred.boxes, pred.labels, detector.class_names, pred.scores)
+                if writer is None:
+                    h, w = rgb.shape[:2]
+                    writer = cv2.VideoWriter(os.path.join(out_dir, f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
+                                             fps, (w, h))
+                writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+            bar.update(len(frames))
+    finally:
+        cap.release()
+        if writer is not None:
+            writer.release()
+        bar.close()
+    if frame_no == 0:
+        raise ImageReadError(f"{path}: no frames could be read")
