@@ -112,11 +112,13 @@ def export_onnx(
     class_names: Sequence[str],
     max_detections: int | None = None,
     opset: int = OPSET,
+    postprocess: bool = True,
 ) -> str:
     """Write the whole detector (network, decoding, NMS) as one ONNX file with a dynamic batch.
 
     The class names, input size and default thresholds go into the file's metadata,
-    so :class:`OnnxDetector` needs nothing else.
+    so :class:`OnnxDetector` needs nothing else. ``postprocess=False`` writes the
+    network alone (``images -> offsets, logits``), e.g. for benchmarking.
     """
     import onnx
 
@@ -130,13 +132,20 @@ def export_onnx(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about Python scalars that are constants here
-        torch.onnx.export(
-            wrapper, example, path, dynamo=False, opset_version=opset,
-            input_names=["images", "score_threshold", "iou_threshold"],
-            output_names=["boxes", "scores", "labels", "num"],
-            dynamic_axes={"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"},
-                          "labels": {0: "batch"}, "num": {0: "batch"}},
-        )
+        if postprocess:
+            torch.onnx.export(
+                wrapper, example, path, dynamo=False, opset_version=opset,
+                input_names=["images", "score_threshold", "iou_threshold"],
+                output_names=["boxes", "scores", "labels", "num"],
+                dynamic_axes={"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"},
+                              "labels": {0: "batch"}, "num": {0: "batch"}},
+            )
+        else:
+            torch.onnx.export(
+                wrapper.model, example[:1], path, dynamo=False, opset_version=opset,
+                input_names=["images"], output_names=["offsets", "logits"],
+                dynamic_axes={"images": {0: "batch"}, "offsets": {0: "batch"}, "logits": {0: "batch"}},
+            )
     proto = onnx.load(path)
     meta = {
         "class_names": json.dumps(list(class_names)),
@@ -145,6 +154,7 @@ def export_onnx(
         "iou_threshold": str(model.postprocess_config.iou_threshold),
         "max_detections": str(wrapper.max_detections),
         "producer": "multibox",
+        "outputs": "detections" if postprocess else "network",
     }
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -180,6 +190,7 @@ class OnnxDetector:
         self.score_threshold = float(meta["score_threshold"])
         self.iou_threshold = float(meta["iou_threshold"])
         self.max_detections = int(meta["max_detections"])
+        self.outputs = meta.get("outputs", "detections")
 
     def run(self, images: np.ndarray, conf: float | None = None, iou: float | None = None):
         """Raw outputs for a float32 ``(N, 3, H, W)`` batch: ``boxes, scores, labels, num``."""
@@ -203,6 +214,9 @@ class OnnxDetector:
         ):
             images = [images]
         images = list(images)
+        if self.outputs != "detections":
+            raise ValueError(f"{self.path} holds the network alone (exported with postprocess=False); "
+                             "export the checkpoint again without it to predict")
         if max_det is not None and max_det > self.max_detections:
             raise ValueError(f"max_det {max_det} is above the {self.max_detections} this model was exported with")
         results: list[Prediction] = []

@@ -103,6 +103,11 @@ class DetectionDataset:
             self.records.append(r)
         self.problems = problems
         problems.warn(name)
+        # An image that passed the header check at build time can still fail to decode
+        # (truncated file). With skip_bad, __getitem__ then serves the next readable image
+        # and warns, naming the file; otherwise the error (naming the file) propagates.
+        self.skip_bad = False
+        self.unreadable: list[str] = []
 
     def __len__(self) -> int:
         return len(self.records)
@@ -135,8 +140,26 @@ class DetectionDataset:
         }
 
     def __getitem__(self, index: int) -> dict:
-        sample = self.load(index)
+        try:
+            sample = self.load(index)
+        except ImageReadError as e:
+            if not self.skip_bad:
+                raise
+            sample = self._substitute(index, e)
         return self.transform(sample, index) if self.transform is not None else sample
+
+    def _substitute(self, index: int, error: Exception) -> dict:
+        path = self.records[index].image_path
+        if path not in self.unreadable:
+            self.unreadable.append(path)
+            warnings.warn(f"{self.name}: skipped an unreadable image ({error}); {len(self.unreadable)} so far "
+                          "in this process, each replaced by the next readable image", stacklevel=3)
+        for step in range(1, len(self.records)):
+            try:
+                return self.load((index + step) % len(self.records))
+            except ImageReadError:
+                continue
+        raise DatasetError(f"{self.name}: no readable image left") from error
 
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(np.concatenate([r.labels for r in self.records] or [np.zeros(0, int)]),

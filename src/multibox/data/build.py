@@ -48,19 +48,23 @@ def load_split(cfg, split: str, class_names=None) -> DetectionDataset:
                     raise
         if not parts:
             raise DatasetError(f"split {split!r} found in none of {cfg.root}")
-        return concat_datasets(parts)
+        ds = concat_datasets(parts)
+        ds.skip_bad = cfg.skip_bad
+        return ds
     root = resolve_root(cfg.root)
     names = class_names or cfg.class_names
     if cfg.format == "voc":
-        return voc_dataset(root, split, names, skip_bad=cfg.skip_bad)
-    if cfg.format == "folder":
-        return xml_folder_dataset(root, split, class_names=names, skip_bad=cfg.skip_bad)
-    if cfg.format == "coco":
+        ds = voc_dataset(root, split, names, skip_bad=cfg.skip_bad)
+    elif cfg.format == "folder":
+        ds = xml_folder_dataset(root, split, class_names=names, skip_bad=cfg.skip_bad)
+    elif cfg.format == "coco":
         ann = split if split.endswith(".json") else os.path.join(root, split, "_annotations.coco.json")
         ds = coco_dataset(ann, class_names=names, min_annotations=cfg.coco_min_annotations, skip_bad=cfg.skip_bad)
         ds.name = f"{os.path.basename(os.path.normpath(root))}/{split}"
-        return ds
-    raise ValueError(f"data.format must be voc, coco or folder, got {cfg.format!r}")
+    else:
+        raise ValueError(f"data.format must be voc, coco or folder, got {cfg.format!r}")
+    ds.skip_bad = cfg.skip_bad
+    return ds
 
 
 def build_datasets(cfg) -> dict[str, DetectionDataset]:

@@ -151,6 +151,10 @@ class Trainer:
         self.out_dir = cfg.out_dir
         if self.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
+            # partial checkpoint writes left by a killed run (atomic_save's temporary files)
+            for name in os.listdir(self.out_dir):
+                if name.startswith(".tmp-") and name.endswith(".pt"):
+                    os.remove(os.path.join(self.out_dir, name))
             save_config(cfg, os.path.join(self.out_dir, "config.yaml"))
         self._tb = None
 
