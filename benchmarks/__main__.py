@@ -62,12 +62,12 @@ def head_outputs(n: int, realistic: bool, seed: int = 0):
     if not realistic:
         return loc, torch.randn(n, p, 21, generator=g) * 0.01, priors
     logits = torch.randn(n, p, 21, generator=g)
-    logits[..., 0] += 7.0
+    logits[..., 0] += 10.0
     for i in range(n):
         for _ in range(int(torch.randint(2, 8, (1,), generator=g))):
             c = int(torch.randint(1, 21, (1,), generator=g))
             centre = torch.rand(2, generator=g)
-            near = ((priors[:, :2] - centre).abs() < 0.08).all(1)
+            near = ((priors[:, :2] - centre).abs() < 0.04).all(1)
             logits[i, near, c] += 8.0 + 2 * torch.rand(int(near.sum()), generator=g)
     return loc, logits, priors
 

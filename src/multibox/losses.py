@@ -55,9 +55,16 @@ def hard_negative_mask(conf_loss: Tensor, positive: Tensor, neg_pos_ratio: float
     if k == 0:
         return mask
     neg_loss = conf_loss.detach().masked_fill(positive, -math.inf)
-    order = neg_loss.sort(dim=1, descending=True, stable=True).indices[:, :k]  # (N, k), hardest first
-    rank = torch.arange(k, device=conf_loss.device).expand_as(order)
-    return mask.scatter(1, order, rank < num_neg)
+    # The same set as a stable descending sort cut at num_neg, without sorting every prior:
+    # the num_neg-th largest loss of each image (topk), everything above it, and of the
+    # priors equal to it the lowest-indexed ones, as many as are still needed.
+    top = neg_loss.topk(k, dim=1).values  # (N, k)
+    kth = torch.gather(top, 1, (num_neg - 1).clamp(min=0))  # (N, 1)
+    greater = neg_loss > kth
+    equal = (neg_loss == kth) & ~positive
+    need = num_neg - greater.sum(dim=1, keepdim=True)
+    chosen = greater | (equal & (equal.cumsum(dim=1) <= need))
+    return chosen & (num_neg > 0)
 
 
 class MultiBoxLoss(nn.Module):

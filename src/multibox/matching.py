@@ -34,6 +34,25 @@ class Matches(NamedTuple):
     object_index: Tensor
 
 
+def _object_prior_iou(boxes: Tensor, priors: Tensor) -> Tensor:
+    """IoU ``(N, M, P)`` of objects ``(N, M, 4)`` and priors ``(P, 4)``, both xyxy: the same values as
+    :func:`multibox.boxes.box_iou`, computed coordinate by coordinate with in-place updates so
+    that only a few ``(N, M, P)`` buffers are touched (the matching step is memory-bound)."""
+    bx1, by1, bx2, by2 = (t.unsqueeze(-1) for t in boxes.unbind(-1))  # (N, M, 1)
+    px1, py1, px2, py2 = priors.unbind(-1)  # (P,)
+    iw = torch.minimum(bx2, px2)
+    iw -= torch.maximum(bx1, px1)
+    iw.clamp_(min=0)
+    ih = torch.minimum(by2, py2)
+    ih -= torch.maximum(by1, py1)
+    ih.clamp_(min=0)
+    inter = iw.mul_(ih)
+    area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)  # (N, M, 1)
+    area_p = (px2 - px1).clamp(min=0) * (py2 - py1).clamp(min=0)  # (P,)
+    union = (area_b + area_p).sub_(inter)
+    return inter.div_(union.clamp_(min=torch.finfo(union.dtype).tiny))
+
+
 def match_priors(
     gt_boxes: Tensor,
     gt_labels: Tensor,
@@ -71,8 +90,8 @@ def match_priors(
         )
 
     valid = gt_labels > 0  # (N, M)
-    iou = box_iou(gt_boxes, cxcywh_to_xyxy(priors).to(gt_boxes.dtype))  # (N, M, P)
-    iou = iou.masked_fill(~valid.unsqueeze(-1), -1.0)
+    iou = _object_prior_iou(gt_boxes, cxcywh_to_xyxy(priors).to(gt_boxes.dtype))  # (N, M, P)
+    iou.masked_fill_(~valid.unsqueeze(-1), -1.0)
 
     best_iou, best_object = iou.max(dim=1)  # per prior: (N, P)
     best_prior = iou.argmax(dim=2)  # per object: (N, M)

@@ -14,12 +14,54 @@ images. The result is identical to the textbook loop (tests check this).
 """
 from __future__ import annotations
 
+import bisect
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .boxes import DEFAULT_VARIANCES, box_iou, clip_boxes, decode_boxes
+
+
+def overlap_mask(boxes: Tensor, iou_threshold: float) -> Tensor:
+    """``(G, K, K)`` bool: ``IoU(boxes[g, i], boxes[g, j]) > iou_threshold`` for ``boxes (G, K, 4)``.
+
+    Computed as ``inter * (1 + t) > t * (area_i + area_j)`` (the same test, as
+    ``union = area_i + area_j - inter``) without materialising the IoU matrix; the
+    intermediates are ``(G, K, K)`` and updated in place, which matters on CPUs,
+    where this is bound by memory traffic.
+    """
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    iw = torch.minimum(x2.unsqueeze(-1), x2.unsqueeze(-2))
+    iw -= torch.maximum(x1.unsqueeze(-1), x1.unsqueeze(-2))
+    iw.clamp_(min=0)
+    ih = torch.minimum(y2.unsqueeze(-1), y2.unsqueeze(-2))
+    ih -= torch.maximum(y1.unsqueeze(-1), y1.unsqueeze(-2))
+    ih.clamp_(min=0)
+    inter = iw.mul_(ih)
+    area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    sums = area.unsqueeze(-1) + area.unsqueeze(-2)
+    return inter.mul_(1.0 + iou_threshold) > sums.mul_(iou_threshold)
+
+
+def greedy_nms_keep(overlaps: Tensor, valid: Tensor) -> Tensor:
+    """Greedy NMS from a precomputed ``(G, K, K)`` overlap mask of score-sorted boxes.
+
+    ``overlaps[g, j, i]``: box ``j`` overlaps box ``i`` above the threshold; ``valid (G, K)``
+    marks real boxes (padding is never kept and never suppresses). Returns the kept mask.
+    """
+    k = overlaps.shape[-1]
+    # suppressors[g, j, i]: box j (earlier, real) would suppress box i (later).
+    earlier = torch.ones(k, k, dtype=torch.bool, device=overlaps.device).triu(diagonal=1)
+    suppressors = (overlaps & earlier & valid.unsqueeze(-1)).to(torch.float32)
+    keep = valid.clone()
+    for _ in range(k + 1):  # converges in at most K rounds; usually a few
+        suppressed = torch.bmm(keep.unsqueeze(1).to(torch.float32), suppressors).squeeze(1) > 0
+        new_keep = valid & ~suppressed
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return keep
 
 
 def greedy_nms_mask(iou: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
@@ -33,18 +75,7 @@ def greedy_nms_mask(iou: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
     Returns:
         ``(G, K)`` bool mask of kept boxes.
     """
-    k = iou.shape[-1]
-    # overlaps[g, j, i]: box j (earlier) would suppress box i (later).
-    earlier = torch.ones(k, k, dtype=torch.bool, device=iou.device).triu(diagonal=1)
-    overlaps = (iou > iou_threshold) & earlier & valid.unsqueeze(-1)
-    keep = valid.clone()
-    for _ in range(k + 1):  # converges in at most K rounds; usually a few
-        suppressed = torch.bmm(keep.unsqueeze(1).to(torch.float32), overlaps.to(torch.float32)).squeeze(1) > 0
-        new_keep = valid & ~suppressed
-        if torch.equal(new_keep, keep):
-            break
-        keep = new_keep
-    return keep
+    return greedy_nms_keep(iou > iou_threshold, valid)
 
 
 def batched_nms(
@@ -70,6 +101,9 @@ def batched_nms(
     keep = greedy_nms_mask(box_iou(padded, padded), valid, iou_threshold)
     kept_sorted = keep[inverse, ranks]
     return order[kept_sorted]
+
+
+_NMS_CHUNK_ELEMENTS = 2_000_000  # pairs per NMS call: groups x K x K
 
 
 class Detections(NamedTuple):
@@ -125,36 +159,76 @@ def postprocess(
         raise ValueError(f"logits {tuple(logits.shape)} and loc {tuple(loc.shape)} disagree on (N, P)")
     if priors.shape != loc.shape[1:]:
         raise ValueError(f"priors must be {(loc.shape[1], 4)}, got {tuple(priors.shape)}")
+    n, p, _ = logits.shape
     logits = logits.float()
     if score_type == "softmax":
-        scores = torch.softmax(logits, dim=-1)[..., 1:]
+        scores = torch.softmax(logits, dim=-1)[..., 1:]  # (N, P, C), background dropped
     elif score_type == "sigmoid":
         scores = torch.sigmoid(logits)
     else:
         raise ValueError(f"score_type must be 'softmax' or 'sigmoid', got {score_type!r}")
-    n, p, c = scores.shape
-    boxes = clip_boxes(decode_boxes(loc.float(), priors.float(), variances))  # (N, P, 4)
+    c = scores.shape[-1]
 
-    # Candidates per (image, class): K = the most any group has above threshold,
-    # capped; realistic batches have a few dozen, an untrained model all P.
-    scores = scores.transpose(1, 2)  # (N, C, P)
-    above = scores > score_threshold
-    k = int(above.sum(-1).max()) if scores.numel() else 0
-    if candidates_per_class is not None:
-        k = min(k, candidates_per_class)
+    # Candidates of each (image, class) group: its scores above the threshold, best first
+    # and, among equal scores, lowest prior index first (so ties resolve the same way
+    # everywhere; ONNX's TopK and NonMaxSuppression also prefer the lower index), at most
+    # candidates_per_class. K = the most any group keeps: realistic batches have a few
+    # dozen, an untrained model every prior.
+    flat = torch.nonzero((scores > score_threshold).view(-1)).squeeze(1)  # ascending (image, prior, class)
+    img, rest = torch.div(flat, p * c, rounding_mode="floor"), flat % (p * c)
+    prior, cls = torch.div(rest, c, rounding_mode="floor"), rest % c
+    counts = torch.bincount(img * c + cls, minlength=n * c)  # (N*C,)
+    k = int(counts.max()) if counts.numel() else 0
+    cap = k if candidates_per_class is None else min(k, candidates_per_class)
     if k == 0:
         z = loc.new_zeros
         return Detections(z(n, 0, 4), z(n, 0), torch.zeros(n, 0, dtype=torch.long, device=loc.device),
                           torch.zeros(n, dtype=torch.long, device=loc.device))
-    # A stable sort, not topk: equal scores keep prior order, so ties resolve the same
-    # way everywhere (ONNX's TopK and NonMaxSuppression also prefer the lower index).
-    top_scores, top_idx = scores.sort(dim=-1, descending=True, stable=True)
-    top_scores, top_idx = top_scores[..., :k], top_idx[..., :k]  # (N, C, K)
+    if k > cap:  # crowded groups (untrained models): the cap best of every group by topk
+        per_group = scores.transpose(1, 2).reshape(n * c, p)
+        _, top_prior = per_group.topk(cap, dim=1)
+        top_prior = top_prior.sort(dim=1).values
+        top_scores = torch.gather(per_group, 1, top_prior)
+        top_scores, order = top_scores.sort(dim=1, descending=True, stable=True)
+        top_prior = torch.gather(top_prior, 1, order)
+    else:  # every candidate fits: take exactly the ones above the threshold
+        cand_scores = scores[img, prior, cls]
+        order = cand_scores.sort(descending=True, stable=True).indices
+        group = (img * c + cls)[order]
+        order = order[group.sort(stable=True).indices]  # by group, then score, then prior
+        group, prior, cand_scores = (img * c + cls)[order], prior[order], cand_scores[order]
+        rank = torch.arange(len(group), device=group.device) - (torch.cumsum(counts, 0) - counts)[group]
+        top_scores = scores.new_full((n * c, cap), -1.0)
+        top_scores[group, rank] = cand_scores
+        top_prior = torch.zeros(n * c, cap, dtype=torch.long, device=scores.device)
+        top_prior[group, rank] = prior
+    k = cap
+    top_scores = top_scores.view(n, c, k)
     valid = top_scores > score_threshold
-    cand = torch.gather(boxes.unsqueeze(1).expand(n, c, p, 4), 2, top_idx.unsqueeze(-1).expand(n, c, k, 4))
+    # decode (and clip) only the candidates' boxes
+    image_of_group = torch.arange(n, device=loc.device).repeat_interleave(c)  # (N*C,)
+    cand_loc = loc.float()[image_of_group.unsqueeze(1), top_prior]  # (N*C, K, 4)
+    cand = clip_boxes(decode_boxes(cand_loc, priors.float()[top_prior], variances)).view(n, c, k, 4)
 
+    # NMS over every (image, class) group; groups are taken in chunks of similar candidate
+    # counts so that a few crowded groups do not pad every other group to K x K.
     flat_boxes = cand.reshape(n * c, k, 4)
-    keep = greedy_nms_mask(box_iou(flat_boxes, flat_boxes), valid.reshape(n * c, k), iou_threshold)
+    flat_valid = valid.reshape(n * c, k)
+    counts = flat_valid.sum(-1)
+    by_count = counts.argsort(descending=True)
+    sorted_counts = counts[by_count].tolist()
+    neg_counts = [-v for v in sorted_counts]  # ascending, for bisect
+    keep = torch.zeros_like(flat_valid)
+    start = 0
+    while start < n * c and sorted_counts[start] > 0:
+        kc = sorted_counts[start]
+        # one call for the groups with more than kc/2 candidates (little padding), within
+        # a bound on the (G, K, K) buffers
+        similar = bisect.bisect_left(neg_counts, -(kc // 2), lo=start) - start
+        size = max(1, min(similar, _NMS_CHUNK_ELEMENTS // (kc * kc)))
+        idx = by_count[start:start + size]
+        keep[idx, :kc] = greedy_nms_keep(overlap_mask(flat_boxes[idx, :kc], iou_threshold), flat_valid[idx, :kc])
+        start += size
     keep = keep.view(n, c, k)
 
     kept_scores = torch.where(keep, top_scores, torch.full_like(top_scores, -1.0)).reshape(n, c * k)
