@@ -60,3 +60,27 @@ def test_bad_inputs(detector, tmp_path):
         detector.predict([123])
     with pytest.raises(ValueError, match="class names"):
         Detector(create_model("ssd_resnet18", num_classes=2), ["one"])
+
+
+def test_inference_copy_folds_batchnorm_without_changing_outputs():
+    import torch
+
+    from multibox.models import create_model
+    from multibox.models.fuse import inference_copy
+
+    torch.manual_seed(0)
+    model = create_model("ssdlite_effl0", num_classes=3, pretrained_backbone=True, image_size=160)
+    with torch.no_grad():  # non-trivial statistics in every BatchNorm
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    fast = inference_copy(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x = torch.rand(2, 3, 160, 160) * 255
+    with torch.no_grad():
+        a, b = model(x), fast(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(b[0], a[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b[1], a[1], rtol=1e-4, atol=1e-4)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched

@@ -51,6 +51,14 @@ def fuse_conv_bn(module: nn.Module) -> nn.Module:
     return module
 
 
+def inference_copy(model: nn.Module, channels_last: bool = True) -> nn.Module:
+    """An eval-mode copy of ``model`` for inference: BatchNorm folded into convolutions and,
+    by default, channels-last weights (the fastest layout for oneDNN on CPUs; the input
+    should be channels-last too). Outputs equal the original's up to float rounding."""
+    fused = fuse_conv_bn(model)
+    return fused.to(memory_format=torch.channels_last) if channels_last else fused
+
+
 class FrozenPrefix:
     """Folded stand-ins for a list of frozen modules, rebuilt when the originals change."""
 
