@@ -163,7 +163,7 @@ def bench_data(quick: bool) -> None:
         except FileNotFoundError as e:
             print(f"  data pipeline {name}: skipped ({e})")
             continue
-        n = min(len(ds), 48 if quick else 96)
+        n = min(len(ds), 32 if quick else 64)
         ours_ds = ds.with_transform(SSDTransform((300, 300), train=True, seed=0))
         base = baselines.PilSSDAugment(300)
 

@@ -36,21 +36,36 @@ class Matches(NamedTuple):
 
 def _object_prior_iou(boxes: Tensor, priors: Tensor) -> Tensor:
     """IoU ``(N, M, P)`` of objects ``(N, M, 4)`` and priors ``(P, 4)``, both xyxy: the same values as
-    :func:`multibox.boxes.box_iou`, computed coordinate by coordinate with in-place updates so
-    that only a few ``(N, M, P)`` buffers are touched (the matching step is memory-bound)."""
+    :func:`multibox.boxes.box_iou`, computed coordinate by coordinate in three ``(N, M, P)`` buffers
+    updated in place (the matching step is bound by memory traffic, and every fresh buffer of this
+    size also costs page faults)."""
     bx1, by1, bx2, by2 = (t.unsqueeze(-1) for t in boxes.unbind(-1))  # (N, M, 1)
-    px1, py1, px2, py2 = priors.unbind(-1)  # (P,)
+    px1, py1, px2, py2 = priors.t().contiguous()  # (P,) each, contiguous: strided rows do not vectorise
     iw = torch.minimum(bx2, px2)
-    iw -= torch.maximum(bx1, px1)
-    iw.clamp_(min=0)
+    tmp = torch.maximum(bx1, px1)
+    iw.sub_(tmp).clamp_(min=0)
     ih = torch.minimum(by2, py2)
-    ih -= torch.maximum(by1, py1)
-    ih.clamp_(min=0)
+    torch.maximum(by1, py1, out=tmp)
+    ih.sub_(tmp).clamp_(min=0)
     inter = iw.mul_(ih)
     area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)  # (N, M, 1)
     area_p = (px2 - px1).clamp(min=0) * (py2 - py1).clamp(min=0)  # (P,)
-    union = (area_b + area_p).sub_(inter)
+    union = torch.add(area_b, area_p, out=tmp).sub_(inter)
     return inter.div_(union.clamp_(min=torch.finfo(union.dtype).tiny))
+
+
+_BLOCK = 64  # priors per block in first_argmax
+
+
+def first_argmax(x: Tensor) -> Tensor:
+    """``x.argmax(-1)`` (the first index of the maximum) for a last dimension that is a multiple
+    of ``_BLOCK``, by a blockwise ``amax``: a full ``argmax`` is several times slower than a
+    max-reduction on CPUs, and here it runs on the block maxima and on one block per row."""
+    *lead, p = x.shape
+    blocks = x.view(*lead, p // _BLOCK, _BLOCK)
+    block = blocks.amax(-1).argmax(-1, keepdim=True)  # first block holding the maximum
+    inside = torch.gather(blocks, -2, block.unsqueeze(-1).expand(*lead, 1, _BLOCK)).squeeze(-2).argmax(-1)
+    return block.squeeze(-1) * _BLOCK + inside
 
 
 def match_priors(
@@ -90,11 +105,25 @@ def match_priors(
         )
 
     valid = gt_labels > 0  # (N, M)
-    iou = _object_prior_iou(gt_boxes, cxcywh_to_xyxy(priors).to(gt_boxes.dtype))  # (N, M, P)
-    iou.masked_fill_(~valid.unsqueeze(-1), -1.0)
+    # Priors padded to a multiple of the argmax block with empty boxes far outside the image
+    # (IoU 0 with everything, and after every real prior, so they never win a tie).
+    pad = (-p) % _BLOCK
+    priors_xyxy = cxcywh_to_xyxy(priors).to(gt_boxes.dtype)
+    if pad:
+        priors_xyxy = torch.cat((priors_xyxy, priors_xyxy.new_full((pad, 4), 1e6)))
+    # Padding objects become empty boxes far outside the image: IoU 0 with every prior, so
+    # they can neither reach the threshold nor take a prior from a real object.
+    far = torch.where(valid.unsqueeze(-1), gt_boxes, torch.full_like(gt_boxes, -1e6))
+    iou_padded = _object_prior_iou(far, priors_xyxy)  # (N, M, P + pad)
+    iou = iou_padded[..., :p]
 
-    best_iou, best_object = iou.max(dim=1)  # per prior: (N, P)
-    best_prior = iou.argmax(dim=2)  # per object: (N, M)
+    best_iou = iou.amax(dim=1)  # per prior: (N, P)
+    best_prior = first_argmax(iou_padded)  # per object: (N, M)
+    # Which object a prior takes matters only where the prior is positive, so the (slow)
+    # index reduction over objects runs on the priors that pass the threshold alone.
+    above = torch.nonzero(best_iou >= iou_threshold)  # (Q, 2): image, prior
+    best_object = torch.zeros(n, p, dtype=torch.long, device=device)
+    best_object[above[:, 0], above[:, 1]] = iou[above[:, 0], :, above[:, 1]].argmax(dim=1)
 
     # Rule 2: each valid object forces its best prior. scatter_reduce(amax) over the
     # object index makes the highest-indexed object win ties, deterministically.

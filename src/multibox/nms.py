@@ -15,6 +15,7 @@ images. The result is identical to the textbook loop (tests check this).
 from __future__ import annotations
 
 import bisect
+import math
 from typing import NamedTuple
 
 import torch
@@ -106,6 +107,41 @@ def batched_nms(
 _NMS_CHUNK_ELEMENTS = 2_000_000  # pairs per NMS call: groups x K x K
 
 
+def _class_scores(logits: Tensor, score_type: str) -> Tensor:
+    """Class scores ``(..., C)`` from logits: softmax without the background column 0, or sigmoid."""
+    if score_type == "softmax":
+        return torch.softmax(logits, dim=-1)[..., 1:]
+    return torch.sigmoid(logits)
+
+
+def _candidate_rows(logits: Tensor, score_type: str, threshold: float) -> tuple[Tensor, Tensor]:
+    """The priors that may have a class score above ``threshold``, as flat indices
+    ``image * P + prior`` (ascending), and the class scores ``(R, C)`` of those rows.
+
+    A softmax score ``exp(l_c - m) / sum_j exp(l_j - m)`` (``m`` the row maximum) is at
+    most ``exp(l_c - m)``, as the sum includes ``exp(0) = 1``; a sigmoid score passes only
+    if ``l_c > logit(threshold)``. Rows whose best foreground logit fails that cheap test
+    (a small margin absorbs ``exp`` rounding) cannot hold a candidate, so the exact
+    scores are computed for the other rows only: a few hundred per image once a model
+    is trained, instead of every prior and class.
+    """
+    n, p, k = logits.shape
+    flat = logits.reshape(n * p, k)
+    if threshold <= 0:
+        maybe = torch.ones(n * p, dtype=torch.bool, device=logits.device)
+    elif score_type == "softmax":
+        fg = flat[:, 1:].amax(dim=1)
+        maybe = fg - torch.maximum(fg, flat[:, 0]) > math.log(threshold) - 1e-3
+    elif threshold >= 1:
+        maybe = torch.zeros(n * p, dtype=torch.bool, device=logits.device)
+    else:
+        maybe = flat.amax(dim=1) > math.log(threshold / (1 - threshold)) - 1e-3
+    rows = torch.nonzero(maybe).squeeze(1)
+    if rows.numel() == n * p:  # e.g. an untrained model: no row can be ruled out
+        return rows, _class_scores(flat, score_type)
+    return rows, _class_scores(flat[rows], score_type)
+
+
 class Detections(NamedTuple):
     """Padded detections of a batch, best first.
 
@@ -159,24 +195,22 @@ def postprocess(
         raise ValueError(f"logits {tuple(logits.shape)} and loc {tuple(loc.shape)} disagree on (N, P)")
     if priors.shape != loc.shape[1:]:
         raise ValueError(f"priors must be {(loc.shape[1], 4)}, got {tuple(priors.shape)}")
+    if score_type not in ("softmax", "sigmoid"):
+        raise ValueError(f"score_type must be 'softmax' or 'sigmoid', got {score_type!r}")
     n, p, _ = logits.shape
     logits = logits.float()
-    if score_type == "softmax":
-        scores = torch.softmax(logits, dim=-1)[..., 1:]  # (N, P, C), background dropped
-    elif score_type == "sigmoid":
-        scores = torch.sigmoid(logits)
-    else:
-        raise ValueError(f"score_type must be 'softmax' or 'sigmoid', got {score_type!r}")
-    c = scores.shape[-1]
 
     # Candidates of each (image, class) group: its scores above the threshold, best first
     # and, among equal scores, lowest prior index first (so ties resolve the same way
     # everywhere; ONNX's TopK and NonMaxSuppression also prefer the lower index), at most
     # candidates_per_class. K = the most any group keeps: realistic batches have a few
     # dozen, an untrained model every prior.
-    flat = torch.nonzero((scores > score_threshold).view(-1)).squeeze(1)  # ascending (image, prior, class)
-    img, rest = torch.div(flat, p * c, rounding_mode="floor"), flat % (p * c)
-    prior, cls = torch.div(rest, c, rounding_mode="floor"), rest % c
+    rows, row_scores = _candidate_rows(logits, score_type, score_threshold)  # (R,), (R, C)
+    c = row_scores.shape[-1]
+    flat = torch.nonzero((row_scores > score_threshold).view(-1)).squeeze(1)  # ascending (row, class)
+    row, cls = torch.div(flat, c, rounding_mode="floor"), flat % c
+    flat_prior = rows[row]
+    img, prior = torch.div(flat_prior, p, rounding_mode="floor"), flat_prior % p  # ascending (image, prior, class)
     counts = torch.bincount(img * c + cls, minlength=n * c)  # (N*C,)
     k = int(counts.max()) if counts.numel() else 0
     cap = k if candidates_per_class is None else min(k, candidates_per_class)
@@ -185,22 +219,22 @@ def postprocess(
         return Detections(z(n, 0, 4), z(n, 0), torch.zeros(n, 0, dtype=torch.long, device=loc.device),
                           torch.zeros(n, dtype=torch.long, device=loc.device))
     if k > cap:  # crowded groups (untrained models): the cap best of every group by topk
-        per_group = scores.transpose(1, 2).reshape(n * c, p)
+        per_group = _class_scores(logits, score_type).transpose(1, 2).reshape(n * c, p)
         _, top_prior = per_group.topk(cap, dim=1)
         top_prior = top_prior.sort(dim=1).values
         top_scores = torch.gather(per_group, 1, top_prior)
         top_scores, order = top_scores.sort(dim=1, descending=True, stable=True)
         top_prior = torch.gather(top_prior, 1, order)
     else:  # every candidate fits: take exactly the ones above the threshold
-        cand_scores = scores[img, prior, cls]
+        cand_scores = row_scores[row, cls]
         order = cand_scores.sort(descending=True, stable=True).indices
         group = (img * c + cls)[order]
         order = order[group.sort(stable=True).indices]  # by group, then score, then prior
         group, prior, cand_scores = (img * c + cls)[order], prior[order], cand_scores[order]
         rank = torch.arange(len(group), device=group.device) - (torch.cumsum(counts, 0) - counts)[group]
-        top_scores = scores.new_full((n * c, cap), -1.0)
+        top_scores = logits.new_full((n * c, cap), -1.0)
         top_scores[group, rank] = cand_scores
-        top_prior = torch.zeros(n * c, cap, dtype=torch.long, device=scores.device)
+        top_prior = torch.zeros(n * c, cap, dtype=torch.long, device=logits.device)
         top_prior[group, rank] = prior
     k = cap
     top_scores = top_scores.view(n, c, k)
