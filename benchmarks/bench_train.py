@@ -52,7 +52,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(os.cpu_count() or 1)
     rows = [
-        ("ssdlite_effl0 320px, demo settings, batch 16", train_rate([], a.steps)),
+        ("ssdlite_effl0 320px, demo settings (batch 8)", train_rate([], a.steps)),
         ("ssd300_vgg16, batch 8", train_rate(["model.name=ssd300_vgg16", "model.kwargs={}", "model.freeze=0",
                                                "train.batch_size=8"], max(3, a.steps // 2))),
     ]

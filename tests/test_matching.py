@@ -113,3 +113,39 @@ def test_bad_targets_raise_clear_errors():
         match_priors(torch.zeros(2, 4), torch.zeros(2, dtype=torch.long), PRIORS)
     with pytest.raises(ValueError, match="gt_labels"):
         match_priors(torch.zeros(1, 2, 4), torch.zeros(1, 3, dtype=torch.long), PRIORS)
+
+
+def test_first_argmax_is_the_first_index_of_the_maximum():
+    from multibox.matching import first_argmax
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 4, (5, 7, 256), generator=g).float()  # many ties
+    x[0, 0] = 0.0  # all equal: index 0
+    x[1, 2, 200] = 9.0  # the maximum in a late block
+    assert torch.equal(first_argmax(x), x.argmax(-1))
+    assert first_argmax(x)[0, 0].item() == 0 and first_argmax(x)[1, 2].item() == 200
+
+
+def test_object_index_matches_reference_loop_with_crowded_overlapping_objects():
+    from multibox.boxes import box_iou, cxcywh_to_xyxy
+
+    g = torch.Generator().manual_seed(5)
+    priors = ssd300_priors()
+    pxy = cxcywh_to_xyxy(priors)
+    n, m = 3, 12
+    xy = 0.3 + torch.rand(n, m, 2, generator=g) * 0.2  # objects piled on each other
+    wh = 0.05 + torch.rand(n, m, 2, generator=g) * 0.3
+    gt = torch.cat((xy, (xy + wh).clamp(max=1)), -1)
+    labels = torch.randint(1, 3, (n, m), generator=g)
+    labels[0, 8:] = 0
+    got = match_priors(gt, labels, priors)
+    for i in range(n):
+        k = int((labels[i] > 0).sum())
+        iou = box_iou(gt[i, :k], pxy)
+        best_iou, best_obj = iou.max(0)
+        for j in range(k):
+            best_obj[int(iou[j].argmax())] = j
+            best_iou[int(iou[j].argmax())] = 2.0
+        expected = torch.where(best_iou >= 0.5, best_obj, torch.full_like(best_obj, -1))
+        assert torch.equal(got.object_index[i], expected)
+        assert (got.object_index[i] >= 0).sum() > k  # many priors above the threshold, not only forced ones

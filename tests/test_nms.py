@@ -116,3 +116,21 @@ def test_postprocess_rejects_bad_shapes():
         postprocess(torch.zeros(1, 10, 4), torch.zeros(1, 10, 3), priors)
     with pytest.raises(ValueError, match="score_type"):
         postprocess(torch.zeros(1, len(priors), 4), torch.zeros(1, len(priors), 3), priors, score_type="relu")
+
+
+@pytest.mark.parametrize("score_type", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("threshold", [0.0, 0.01, 0.3, 0.9])
+def test_candidate_rows_keep_every_score_above_the_threshold(score_type, threshold):
+    from multibox.nms import _candidate_rows
+
+    g = torch.Generator().manual_seed(11)
+    logits = torch.randn(3, 500, 5, generator=g) * 3
+    logits[..., 0] += 4.0 * torch.rand(3, 500, generator=g)  # background strong on some priors only
+    full = torch.softmax(logits, -1)[..., 1:] if score_type == "softmax" else torch.sigmoid(logits)
+    full = full.reshape(1500, -1)
+    rows, scores = _candidate_rows(logits, score_type, threshold)
+    passing = (full > threshold).any(1).nonzero().squeeze(1)
+    assert set(passing.tolist()) <= set(rows.tolist())  # no passing prior is dropped
+    assert torch.equal(scores, full[rows])  # and the kept rows carry the exact scores
+    if threshold >= 0.3:
+        assert len(rows) < 1500  # the cheap test did rule rows out

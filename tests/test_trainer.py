@@ -122,7 +122,8 @@ from multibox.engine.trainer import Trainer
 root, out, tiny = sys.argv[1], sys.argv[2], sys.argv[3]
 cfg = load_config(None, [f"data.root={root}", "data.val=null", "data.test=null", "data.workers=0",
     "model.name=ssdlite_effl0", f"model.kwargs={tiny}", "train.batch_size=4", "train.epochs=1",
-    "train.clip_grad=null", "train.freeze_bn=true", "train.threads=1", f"out_dir={out}"])
+    "train.clip_grad=null", "train.freeze_bn=true", "train.threads=1", "train.amp=off",  # fp32: exact sums
+    f"out_dir={out}"])
 tr = Trainer(cfg, progress=False)
 tr._seed_epoch(0)
 batch = next(iter(tr.loader))

@@ -55,7 +55,7 @@ class TrainConfig:
     milestones: list = field(default_factory=lambda: [0.667, 0.833])  # fractions of training (multistep)
     gamma: float = 0.1
     clip_grad: float | None = 10.0
-    amp: str = "auto"  # auto (fp16/bf16 on CUDA, off on CPU) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (fp16/bf16 on CUDA, bf16 on CPUs with AMX, else off) | bf16 | fp16 | off
     channels_last: bool = True
     eval_every: int = 5  # epochs; 0 = only at the end
     seed: int = 0
@@ -90,6 +90,8 @@ def _build(cls, values: dict, where: str):
         ftype = fields[k].type
         sub = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "TrainConfig": TrainConfig,
                "AugmentConfig": AugmentConfig}.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        if ftype in ("str", str) and isinstance(v, bool):  # YAML 1.1 reads off/on/no/yes as booleans
+            v = "on" if v else "off"
         kwargs[k] = _build(sub, v, f"{where}{k}.") if sub is not None else v
     obj = cls(**kwargs)
     if cls is AugmentConfig:

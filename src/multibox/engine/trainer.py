@@ -5,7 +5,8 @@
 
 * SGD with momentum; weight decay on weights only (not on biases or norms);
 * linear warmup, then cosine or multistep decay, stepped per iteration;
-* mixed precision on CUDA (bf16, or fp16 with loss scaling), optional bf16 on CPU;
+* mixed precision on CUDA (bf16, or fp16 with loss scaling) and on CPUs with AMX (bf16,
+  depthwise convolutions kept in float32);
 * gradient clipping; non-finite losses are skipped and counted, and a run of
   them stops training with a message naming the likely causes;
 * validation every ``eval_every`` epochs with the VOC metric, keeping the best;
@@ -38,6 +39,7 @@ from ..data.loader import make_loader
 from ..data.transforms import SSDTransform
 from ..losses import FocalLoss, MultiBoxLoss
 from ..models import SSD, create_model
+from ..models.layers import cpu_has_fast_bf16
 from .checkpoint import atomic_save, load_checkpoint
 from .evaluate import evaluate_model
 
@@ -164,9 +166,10 @@ class Trainer:
         if amp == "off":
             return None
         if amp == "auto":
-            if self.device.type != "cuda":
-                return None
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if self.device.type == "cuda":
+                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            # CPUs: bf16 only where AMX makes it pay (elsewhere it is several times slower)
+            return torch.bfloat16 if self.device.type == "cpu" and cpu_has_fast_bf16() else None
         if amp in ("bf16", "fp16"):
             return torch.bfloat16 if amp == "bf16" else torch.float16
         raise ValueError(f"train.amp must be auto, bf16, fp16 or off, got {amp!r}")

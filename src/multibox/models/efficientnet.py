@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .fuse import FrozenPrefix
+from .layers import DepthwiseConv2d
 from .weights import check_state_dict, read_state_dict
 
 # (kernel, stride, expand ratio, output channels, repeats) per stage, from the Lite0 definition.
@@ -44,7 +45,7 @@ class MBConv(nn.Module):
         if self.has_expand:
             self._expand_conv = nn.Conv2d(in_ch, mid, 1, bias=False)
             self._bn0 = nn.BatchNorm2d(mid, **_BN)
-        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._depthwise_conv = DepthwiseConv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
         self._bn1 = nn.BatchNorm2d(mid, **_BN)
         self._project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(out_ch, **_BN)

@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .layers import DepthwiseConv2d
+
 
 def flatten_head_output(x: Tensor, values_per_prior: int) -> Tensor:
     """``(N, A*K, H, W)`` -> ``(N, H*W*A, K)``."""
@@ -21,7 +23,7 @@ def flatten_head_output(x: Tensor, values_per_prior: int) -> Tensor:
 def depthwise_separable(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
     """SSDLite's "lite" predictor: 3x3 depthwise + BN + ReLU6, then a 1x1 projection."""
     return nn.Sequential(
-        nn.Conv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
+        DepthwiseConv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
         nn.BatchNorm2d(in_ch),
         nn.ReLU6(inplace=True),
         nn.Conv2d(in_ch, out_ch, 1, bias=bias),
@@ -123,7 +125,7 @@ def lite_extra_layers(in_channels: int, out_channels: Sequence[int]) -> nn.Modul
                 nn.Conv2d(c, mid, 1, bias=False),
                 nn.BatchNorm2d(mid),
                 nn.ReLU6(inplace=True),
-                nn.Conv2d(mid, mid, 3, stride=2, padding=1, groups=mid, bias=False),
+                DepthwiseConv2d(mid, mid, 3, stride=2, padding=1, groups=mid, bias=False),
                 nn.BatchNorm2d(mid),
                 nn.ReLU6(inplace=True),
                 nn.Conv2d(mid, out, 1, bias=False),
