@@ -1,6 +1,7 @@
 """Every speed benchmark in one run: a table of figure, baseline, ratio and target, also as JSON.
 
-    python -m benchmarks [--out benchmarks.json] [--only postprocess,loss,data,forward,train] [--quick]
+    python -m benchmarks [--out benchmarks.json] [--markdown docs/benchmarks.md]
+                         [--only postprocess,loss,data,forward,train] [--quick]
 
 Each baseline (``benchmarks/baselines.py``) runs in the same process on the same
 inputs, and each benchmark first asserts that multibox and the baseline compute
@@ -265,6 +266,49 @@ def bench_train(quick: bool) -> None:
         rate >= 20, higher_is_better=True)
 
 
+TABLE_BEGIN, TABLE_END = "<!-- benchmark table: written by python -m benchmarks -->", "<!-- end of table -->"
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one) and whether it has AMX (bf16 matrix units)."""
+    from multibox.models.layers import cpu_has_fast_bf16
+
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name} ({'AMX' if cpu_has_fast_bf16() else 'no AMX'})"
+
+
+def markdown_table(machine: str, seconds: float, command: str) -> str:
+    def num(v):
+        return "" if v is None else f"{v:.1f}"
+
+    lines = [TABLE_BEGIN, "", f"Machine: {machine}. Command: `{command}` ({seconds:.0f} s).", "",
+             "| benchmark | multibox | baseline | unit | speed-up | target | met |",
+             "|---|---:|---:|---|---:|---|---|"]
+    for r in ROWS:
+        met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        ratio = "" if r["speedup"] is None else f"{r['speedup']:.1f}x"
+        lines.append(f"| {r['benchmark']} | {num(r['multibox'])} | {num(r['baseline'])} | {r['unit']} | {ratio} "
+                     f"| {r['target']} | {met} |")
+    return "\n".join(lines + ["", TABLE_END])
+
+
+def write_markdown(path: str, table: str) -> None:
+    """Replace the table between the markers of ``path`` (or create the file with just the table)."""
+    text = open(path).read() if os.path.exists(path) else ""
+    if TABLE_BEGIN in text and TABLE_END in text:
+        head, rest = text.split(TABLE_BEGIN, 1)
+        text = head + table + rest.split(TABLE_END, 1)[1]
+    else:
+        text = (text + "\n" if text else "") + table + "\n"
+    with open(path, "w") as f:
+        f.write(text)
+
+
 PARTS = {"postprocess": bench_postprocess, "loss": bench_loss, "data": bench_data, "forward": bench_forward,
          "train": bench_train}
 
@@ -272,6 +316,7 @@ PARTS = {"postprocess": bench_postprocess, "loss": bench_loss, "data": bench_dat
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks.json", help="JSON file for the table")
+    ap.add_argument("--markdown", default=None, help="also write the table into this Markdown file (between markers)")
     ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts: " + ", ".join(PARTS))
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no torch.compile, no worst-case baseline")
     ap.add_argument("--data", default=None, help="folder holding bccd/ and chess/")
@@ -281,7 +326,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(os.cpu_count() or 1)
     start = time.perf_counter()
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    machine = f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     print(f"multibox benchmarks on {machine}")
     print(f"  {'benchmark':<58} {'multibox':>10} {'baseline':>10} {'unit':<8} {'speedup':>9}  target")
     for part in a.only.split(","):
@@ -291,6 +336,11 @@ def main() -> None:
     with open(a.out, "w") as f:
         json.dump({"machine": machine, "seconds": round(total, 1), "rows": ROWS}, f, indent=2)
     print(f"wrote {a.out}")
+    if a.markdown:
+        command = "python -m benchmarks" + (" --quick" if a.quick else "") + (
+            f" --only {a.only}" if a.only != ",".join(PARTS) else "")
+        write_markdown(a.markdown, markdown_table(machine, total, command))
+        print(f"wrote {a.markdown}")
 
 
 if __name__ == "__main__":

@@ -115,17 +115,6 @@ def test_bad_targets_raise_clear_errors():
         match_priors(torch.zeros(1, 2, 4), torch.zeros(1, 3, dtype=torch.long), PRIORS)
 
 
-def test_first_argmax_is_the_first_index_of_the_maximum():
-    from multibox.matching import first_argmax
-
-    g = torch.Generator().manual_seed(3)
-    x = torch.randint(0, 4, (5, 7, 256), generator=g).float()  # many ties
-    x[0, 0] = 0.0  # all equal: index 0
-    x[1, 2, 200] = 9.0  # the maximum in a late block
-    assert torch.equal(first_argmax(x), x.argmax(-1))
-    assert first_argmax(x)[0, 0].item() == 0 and first_argmax(x)[1, 2].item() == 200
-
-
 def test_object_index_matches_reference_loop_with_crowded_overlapping_objects():
     from multibox.boxes import box_iou, cxcywh_to_xyxy
 
