@@ -219,7 +219,8 @@ def postprocess(
         return Detections(z(n, 0, 4), z(n, 0), torch.zeros(n, 0, dtype=torch.long, device=loc.device),
                           torch.zeros(n, dtype=torch.long, device=loc.device))
     if k > cap:  # crowded groups (untrained models): the cap best of every group by topk
-        per_group = _class_scores(logits, score_type).transpose(1, 2).reshape(n * c, p)
+        scores = row_scores.view(n, p, c) if rows.numel() == n * p else _class_scores(logits, score_type)
+        per_group = scores.transpose(1, 2).reshape(n * c, p)
         _, top_prior = per_group.topk(cap, dim=1)
         top_prior = top_prior.sort(dim=1).values
         top_scores = torch.gather(per_group, 1, top_prior)
