@@ -1,11 +1,11 @@
 """Layers shared by the backbones and heads.
 
 :class:`DepthwiseConv2d` is an ``nn.Conv2d`` (same parameters, same state-dict
-keys) that always runs in float32, also under ``torch.autocast``. On CPUs with
+keys) that runs in float32 on CPUs, also under ``torch.autocast``. On CPUs with
 bf16 matrix units (AMX), autocast makes the pointwise (1x1) convolutions of
 MobileNet-style blocks 2-3x faster, but oneDNN's bf16 depthwise convolution is
 about 4x slower than its float32 one; keeping depthwise layers in float32 gets
-the first without paying the second.
+the first without paying the second. On GPUs autocast applies as usual.
 """
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from torch import Tensor, nn
 
 
 class DepthwiseConv2d(nn.Conv2d):
-    """A grouped convolution that autocast leaves in float32."""
+    """A grouped convolution that CPU autocast leaves in float32."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.is_autocast_enabled(x.device.type):
+        if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
             return super().forward(x)
-        with torch.autocast(x.device.type, enabled=False):
+        with torch.autocast("cpu", enabled=False):
             return super().forward(x.float())
 
 
