@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .boxes import check_boxes, cxcywh_to_xyxy
+from .boxes import box_iou, check_boxes, cxcywh_to_xyxy
 
 
 class Matches(NamedTuple):
@@ -39,30 +39,10 @@ class Matches(NamedTuple):
     object_index: Tensor
 
 
-def _object_prior_iou(boxes: Tensor, priors: Tensor) -> Tensor:
-    """IoU ``(N, M, P)`` of objects ``(N, M, 4)`` and priors ``(P, 4)``, both xyxy: the same values as
-    :func:`multibox.boxes.box_iou`, computed coordinate by coordinate in three ``(N, M, P)`` buffers
-    updated in place (the matching step is bound by memory traffic, and every fresh buffer of this
-    size also costs page faults)."""
-    bx1, by1, bx2, by2 = (t.unsqueeze(-1) for t in boxes.unbind(-1))  # (N, M, 1)
-    px1, py1, px2, py2 = priors.t().contiguous()  # (P,) each, contiguous: strided rows do not vectorise
-    iw = torch.minimum(bx2, px2)
-    tmp = torch.maximum(bx1, px1)
-    iw.sub_(tmp).clamp_(min=0)
-    ih = torch.minimum(by2, py2)
-    torch.maximum(by1, py1, out=tmp)
-    ih.sub_(tmp).clamp_(min=0)
-    inter = iw.mul_(ih)
-    area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)  # (N, M, 1)
-    area_p = (px2 - px1).clamp(min=0) * (py2 - py1).clamp(min=0)  # (P,)
-    union = torch.add(area_b, area_p, out=tmp).sub_(inter)
-    return inter.div_(union.clamp_(min=torch.finfo(union.dtype).tiny))
-
-
 def _pair_iou(boxes_t: Tensor, priors_t: Tensor, pair_obj: Tensor, pair_prior: Tensor) -> Tensor:
     """IoU ``(Q,)`` of the pairs ``(boxes[pair_obj[q]], priors[pair_prior[q]])``, from coordinate rows
-    ``boxes_t (4, K)`` and ``priors_t (4, P)`` (xyxy), by the same float operations as
-    :func:`_object_prior_iou`."""
+    ``boxes_t (4, K)`` and ``priors_t (4, P)`` (xyxy): :func:`multibox.boxes.box_iou` for listed pairs
+    instead of a full matrix."""
     bx1, by1, bx2, by2 = (row.index_select(0, pair_obj) for row in boxes_t)
     px1, py1, px2, py2 = (row.index_select(0, pair_prior) for row in priors_t)
     iw = (torch.minimum(bx2, px2) - torch.maximum(bx1, px1)).clamp_(min=0)
@@ -151,7 +131,8 @@ def match_priors(
     # most half the prior, which caps the IoU at 1/2 (reached only when the box is exactly that
     # half): so with a threshold >= 0.5 every pair that can be positive has the prior's centre
     # inside the box, a few percent of all pairs. Lower thresholds take every pair.
-    if iou_threshold >= 0.5:
+    sparse = iou_threshold >= 0.5
+    if sparse:
         pair_obj, pair_prior = _centre_inside_pairs(boxes_t, priors[:, :2].to(gt_boxes.dtype))
     else:
         pair_obj = torch.arange(len(obj), device=device).repeat_interleave(p)
@@ -180,8 +161,8 @@ def match_priors(
     best_prior_k = torch.full((len(obj),), p, dtype=torch.long, device=device).scatter_reduce(
         0, pair_obj.index_select(0, on_max), pair_prior.index_select(0, on_max), reduce="amin")
     weak = obj_best < iou_threshold
-    if iou_threshold >= 0.5 and bool(weak.any()):
-        best_prior_k[weak] = _object_prior_iou(boxes_k[weak].unsqueeze(0), priors_xyxy)[0].argmax(dim=1)
+    if sparse and bool(weak.any()):
+        best_prior_k[weak] = box_iou(boxes_k[weak], priors_xyxy).argmax(dim=1)
     best_prior = torch.zeros(n, m, dtype=torch.long, device=device)
     best_prior[img, slot] = best_prior_k
 
