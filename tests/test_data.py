@@ -193,3 +193,26 @@ def test_parse_voc_xml_returns_filename_and_objects(tmp_path):
     p = tmp_path / "a.xml"
     p.write_text(voc_xml("a.jpg", 10, 10, [("cat", [1, 2, 3, 4], True)]))
     assert parse_voc_xml(str(p)) == ("a.jpg", [("cat", [1.0, 2.0, 3.0, 4.0], True)])
+
+
+def test_split_slices_are_disjoint_reproducible_and_cover_the_split(tmp_path):
+    from multibox.config import DataConfig
+    from multibox.data.build import load_split, split_slice
+
+    make_voc(tmp_path, n=10)
+    cfg = DataConfig(format="voc", root=str(tmp_path))
+    assert split_slice("train") is None
+    assert split_slice("train[:20%]") == ("train", 0.0, 0.2)
+    assert split_slice("train[20%:]") == ("train", 0.2, 1.0)
+    with pytest.raises(ValueError, match="percent"):
+        split_slice("train[50%:20%]")
+    whole = load_split(cfg, "train")
+    val, rest = load_split(cfg, "train[:20%]"), load_split(cfg, "train[20%:]")
+    ids = lambda d: [r.image_id for r in d.records]
+    assert len(val) == 2 and len(rest) == 8 and val.name.endswith("train[:20%]")
+    assert not set(ids(val)) & set(ids(rest))
+    assert sorted(ids(val) + ids(rest)) == sorted(ids(whole))
+    assert ids(load_split(cfg, "train[:20%]")) == ids(val)  # same cut every time
+    # records keep the split list's order inside a slice
+    order = ids(whole)
+    assert ids(rest) == [i for i in order if i in set(ids(rest))]

@@ -82,13 +82,14 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         raise ValueError(
             f"box_iou expects (..., 4) tensors, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
         )
-    a = boxes1.unsqueeze(-2)  # (..., A, 1, 4)
-    b = boxes2.unsqueeze(-3)  # (..., 1, B, 4)
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = box_area(boxes1).unsqueeze(-1) + box_area(boxes2).unsqueeze(-2) - inter
+    # Coordinates as contiguous rows (..., 4, A) and (..., 4, B): the (A, B) arithmetic then runs
+    # on unit-stride operands, several times faster than slicing the interleaved last dimension.
+    ax1, ay1, ax2, ay2 = (c.unsqueeze(-1) for c in boxes1.transpose(-1, -2).contiguous().unbind(-2))
+    bx1, by1, bx2, by2 = (c.unsqueeze(-2) for c in boxes2.transpose(-1, -2).contiguous().unbind(-2))
+    inter = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)
+    inter = inter.mul_((torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0))
+    union = ((ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0)) + ((bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0))
+    union = union.sub_(inter)
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
 
 

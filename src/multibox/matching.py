@@ -39,12 +39,12 @@ class Matches(NamedTuple):
     object_index: Tensor
 
 
-def _pair_iou(boxes_t: Tensor, priors_t: Tensor, pair_obj: Tensor, pair_prior: Tensor) -> Tensor:
-    """IoU ``(Q,)`` of the pairs ``(boxes[pair_obj[q]], priors[pair_prior[q]])``, from coordinate rows
-    ``boxes_t (4, K)`` and ``priors_t (4, P)`` (xyxy): :func:`multibox.boxes.box_iou` for listed pairs
-    instead of a full matrix."""
-    bx1, by1, bx2, by2 = (row.index_select(0, pair_obj) for row in boxes_t)
-    px1, py1, px2, py2 = (row.index_select(0, pair_prior) for row in priors_t)
+def _pair_iou(boxes: Tensor, priors_xyxy: Tensor, pair_obj: Tensor, pair_prior: Tensor) -> Tensor:
+    """IoU ``(Q,)`` of the pairs ``(boxes[pair_obj[q]], priors_xyxy[pair_prior[q]])`` (xyxy rows):
+    :func:`multibox.boxes.box_iou` for listed pairs instead of a full matrix."""
+    # gathered as (4, Q) coordinate rows: contiguous operands for the arithmetic below
+    bx1, by1, bx2, by2 = boxes.t().contiguous().index_select(1, pair_obj)
+    px1, py1, px2, py2 = priors_xyxy.t().contiguous().index_select(1, pair_prior)
     iw = (torch.minimum(bx2, px2) - torch.maximum(bx1, px1)).clamp_(min=0)
     ih = (torch.minimum(by2, py2) - torch.maximum(by1, py1)).clamp_(min=0)
     inter = iw.mul_(ih)
@@ -58,30 +58,40 @@ def _pair_iou(boxes_t: Tensor, priors_t: Tensor, pair_obj: Tensor, pair_prior: T
 _CENTRE_SLACK = 1e-5
 
 
-def _centre_inside_pairs(boxes_t: Tensor, centres: Tensor) -> tuple[Tensor, Tensor]:
-    """All ``(object, prior)`` pairs whose prior centre lies inside the object's box (edges and a
-    small slack included): ``boxes_t (4, K)`` xyxy coordinate rows, ``centres (P, 2)``. Returns two
-    ``(Q,)`` index tensors.
+def _runs(starts: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """Lay the integer runs ``starts[r], ..., starts[r] + counts[r] - 1`` end to end without a
+    Python loop: returns the values and, for each, its run ``r``."""
+    run = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+    shift = starts - (torch.cumsum(counts, 0) - counts)  # run start in values - run start in output
+    return torch.arange(len(run), device=counts.device) + shift.index_select(0, run), run
 
-    Priors are sorted by x once; each box takes the run of priors whose x falls in its x-range
-    (two binary searches), the runs are laid end to end without a Python loop, and the y-range
-    test filters them. (Gathers use ``index_select``: several times faster than ``x[idx]`` on CPUs.)
+
+def _centre_inside_pairs(boxes: Tensor, centres: Tensor) -> tuple[Tensor, Tensor]:
+    """All ``(object, prior)`` pairs whose prior centre lies inside the object's box (edges and a
+    small slack included): ``boxes (K, 4)`` xyxy, ``centres (P, 2)``. Returns two ``(Q,)`` index
+    tensors.
+
+    Priors lie on rows of equal centre y (one per grid row of each feature map, some shared). Sorted
+    by (row, x), the priors of one row with centres in ``[x1, x2]`` are one run, found by two binary
+    searches. So a box takes the rows inside ``[y1, y2]``, and in each row one run: the pairs come
+    out directly, with no candidate filtered afterwards. The search keys are float64 so that the row
+    offset does not eat the coordinates' precision.
     """
-    x1, y1, x2, y2 = boxes_t
-    k = x1.shape[0]
-    order = torch.argsort(centres[:, 0], stable=True)
-    cx = centres[:, 0].index_select(0, order)
-    cy = centres[:, 1].contiguous()
-    lo = torch.searchsorted(cx, x1 - _CENTRE_SLACK, right=False)
-    hi = torch.searchsorted(cx, x2 + _CENTRE_SLACK, right=True)
-    count = (hi - lo).clamp_(min=0)
-    pair_obj = torch.repeat_interleave(torch.arange(k, device=x1.device), count)
-    offset = lo - (torch.cumsum(count, 0) - count)  # run start in the sorted priors - run start in the pairs
-    pair_prior = order.index_select(0, torch.arange(len(pair_obj), device=x1.device) + offset.index_select(0, pair_obj))
-    py = cy.index_select(0, pair_prior)
-    inside = (py >= (y1 - _CENTRE_SLACK).index_select(0, pair_obj)) & (py <= (y2 + _CENTRE_SLACK).index_select(0, pair_obj))
-    keep = inside.nonzero().squeeze(1)
-    return pair_obj.index_select(0, keep), pair_prior.index_select(0, keep)
+    cx, cy = centres.to(torch.float64).unbind(1)
+    row_y, row = torch.unique(cy, sorted=True, return_inverse=True)
+    x0 = cx.min()
+    stride = float(cx.max() - x0) + 1.0  # > any x-range: rows never interleave
+    key = row.to(torch.float64) * stride + (cx - x0)
+    key, order = torch.sort(key, stable=True)
+    x1, y1, x2, y2 = boxes.to(torch.float64).unbind(1)
+    first_row = torch.searchsorted(row_y, y1 - _CENTRE_SLACK, right=False)
+    last_row = torch.searchsorted(row_y, y2 + _CENTRE_SLACK, right=True)
+    rows, box_of_run = _runs(first_row, (last_row - first_row).clamp_(min=0))  # (R,) one per (box, row)
+    base = rows.to(torch.float64) * stride - x0
+    lo = torch.searchsorted(key, base + (x1 - _CENTRE_SLACK).index_select(0, box_of_run), right=False)
+    hi = torch.searchsorted(key, base + (x2 + _CENTRE_SLACK).index_select(0, box_of_run), right=True)
+    pos, run = _runs(lo, (hi - lo).clamp_(min=0))
+    return box_of_run.index_select(0, run), order.index_select(0, pos)
 
 
 def match_priors(
@@ -124,7 +134,6 @@ def match_priors(
     obj = torch.nonzero(valid)  # (K, 2): image and slot of every real object, in (image, slot) order
     img, slot = obj[:, 0], obj[:, 1]
     boxes_k = gt_boxes[img, slot]  # (K, 4)
-    boxes_t = boxes_k.t().contiguous()  # (4, K) coordinate rows
     priors_xyxy = cxcywh_to_xyxy(priors).to(gt_boxes.dtype)
 
     # Candidate (object, prior) pairs. A prior whose centre lies outside a box overlaps it by at
@@ -133,11 +142,11 @@ def match_priors(
     # inside the box, a few percent of all pairs. Lower thresholds take every pair.
     sparse = iou_threshold >= 0.5
     if sparse:
-        pair_obj, pair_prior = _centre_inside_pairs(boxes_t, priors[:, :2].to(gt_boxes.dtype))
+        pair_obj, pair_prior = _centre_inside_pairs(boxes_k, priors[:, :2])
     else:
         pair_obj = torch.arange(len(obj), device=device).repeat_interleave(p)
         pair_prior = torch.arange(p, device=device).repeat(len(obj))
-    iou = _pair_iou(boxes_t, priors_xyxy.t().contiguous(), pair_obj, pair_prior)  # (Q,)
+    iou = _pair_iou(boxes_k, priors_xyxy, pair_obj, pair_prior)  # (Q,)
 
     # Rule 1: a prior takes, of the objects reaching the threshold, the one it overlaps most
     # (ties: the lowest slot, as argmax over objects would).

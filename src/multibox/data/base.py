@@ -167,6 +167,14 @@ class DetectionDataset:
         return {n: int(c) for n, c in zip(self.class_names, counts[1:])}
 
 
+def subset(dataset: DetectionDataset, indices: Sequence[int], name: str) -> DetectionDataset:
+    """A view holding the records at ``indices`` (shared, not copied)."""
+    out = dataset.with_transform(dataset.transform)
+    out.name = name
+    out.records = [dataset.records[i] for i in indices]
+    return out
+
+
 def concat_datasets(datasets: Sequence[DetectionDataset], name: str | None = None) -> DetectionDataset:
     """One dataset from several with the same classes (e.g. VOC2007 trainval + VOC2012 trainval)."""
     first = datasets[0]

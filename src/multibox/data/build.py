@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 
-from .base import DatasetError, DetectionDataset, concat_datasets
+import numpy as np
+
+from .base import DatasetError, DetectionDataset, concat_datasets, subset
 from .coco import coco_dataset
 from .voc import voc_dataset, xml_folder_dataset
 
@@ -33,9 +36,41 @@ def resolve_root(root: str) -> str:
         "pass --data PATH or set MULTIBOX_DATA")
 
 
+_SLICE = re.compile(r"^(?P<split>.+)\[(?P<lo>\d+)?%?:(?P<hi>\d+)?%?\]$")
+
+
+def split_slice(split: str) -> tuple[str, float, float] | None:
+    """``"train[:20%]"`` -> ``("train", 0.0, 0.2)``; ``None`` for a plain split name."""
+    m = _SLICE.match(split.strip())
+    if not m:
+        return None
+    lo = int(m["lo"]) / 100 if m["lo"] else 0.0
+    hi = int(m["hi"]) / 100 if m["hi"] else 1.0
+    if not 0 <= lo < hi <= 1:
+        raise ValueError(f"split slice {split!r}: need 0 <= start < end <= 100 (percent)")
+    return m["split"], lo, hi
+
+
+def slice_order(n: int) -> np.ndarray:
+    """The fixed pseudo-random order (seed 0) in which split slices cut a split's records: slices of
+    one split are disjoint and the same on every machine, whatever order the split list has."""
+    return np.random.default_rng(0).permutation(n)
+
+
 def load_split(cfg, split: str, class_names=None) -> DetectionDataset:
     """One split. With several roots (``root: [VOC2007, VOC2012]``) the split is read from every
-    root that has it and the parts are concatenated (VOC07+12 training)."""
+    root that has it and the parts are concatenated (VOC07+12 training).
+
+    ``split[a%:b%]`` takes a slice of a split, e.g. ``val: train[:20%]`` and ``train: train[20%:]``
+    hold out a fifth of a dataset that has no validation split (records in :func:`slice_order`).
+    """
+    sliced = split_slice(split)
+    if sliced is not None:
+        base, lo, hi = sliced
+        ds = load_split(cfg, base, class_names)
+        order = slice_order(len(ds))
+        a, b = round(lo * len(ds)), round(hi * len(ds))
+        return subset(ds, sorted(order[a:b].tolist()), f"{ds.name}[{split[len(base) + 1:-1]}]")
     if isinstance(cfg.root, (list, tuple)):
         parts = []
         for r in cfg.root:
