@@ -20,6 +20,19 @@ def test_depthwise_conv_stays_float32_under_autocast_and_equals_conv2d():
     torch.testing.assert_close(out, ref(x.bfloat16().float()))
 
 
+def test_depthwise_conv_follows_autocast_when_nothing_needs_its_gradient():
+    torch.manual_seed(0)
+    dw = DepthwiseConv2d(8, 8, 3, padding=1, groups=8)
+    x = torch.randn(2, 8, 10, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():  # inference
+            assert dw(x).dtype == torch.bfloat16
+        dw.requires_grad_(False)  # a frozen layer on a plain input: forward only
+        assert dw(x).dtype == torch.bfloat16
+        # a frozen layer inside the trained part still passes gradients back to its input
+        assert dw(x.requires_grad_()).dtype == torch.float32
+
+
 def test_folding_keeps_the_depthwise_class():
     dw = DepthwiseConv2d(4, 4, 3, padding=1, groups=4, bias=False)
     bn = nn.BatchNorm2d(4).eval()
