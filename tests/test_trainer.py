@@ -157,3 +157,24 @@ def test_two_process_gloo_run_matches_single_process_gradients(voc_root, tmp_pat
     for k in g1["grads"]:
         x, y = g2["grads"][k], g1["grads"][k]
         assert (x - y).norm() <= 1e-3 * y.norm() + 1e-7, k
+
+
+def test_freeze_depthwise_keeps_5x5_kernels_and_trains_the_rest(voc_root, tmp_path):
+    from multibox.models.layers import DepthwiseConv2d
+
+    cfg = tiny_config(voc_root, tmp_path, "model.freeze_depthwise=5", "train.amp=off")
+    tr = Trainer(cfg, progress=False)
+    dws = [m for m in tr.model.backbone.modules() if isinstance(m, DepthwiseConv2d)]
+    big = [m for m in dws if m.kernel_size == (5, 5)]
+    small = [m for m in dws if m.kernel_size == (3, 3)]
+    assert len(big) == 9 and small  # EfficientNet-Lite0: stages 3, 5 and 6 (2 + 3 + 4 blocks) have 5x5 kernels
+    assert not any(m.weight.requires_grad for m in big) and all(m.weight.requires_grad for m in small)
+    optimised = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
+    assert not any(id(m.weight) in optimised for m in big)
+    before = [m.weight.detach().clone() for m in big + small]
+    batch = next(iter(tr.loader))
+    for _ in range(2):
+        tr.train_step(batch)
+    after = [m.weight for m in big + small]
+    assert all(torch.equal(b, a) for b, a in zip(before[: len(big)], after[: len(big)]))
+    assert any(not torch.equal(b, a) for b, a in zip(before[len(big):], after[len(big):]))

@@ -25,6 +25,7 @@ class ModelConfig:
     name: str = "ssdlite_effl0"
     kwargs: dict = field(default_factory=dict)  # passed to create_model (image_size, scales, ...)
     freeze: int = 0  # backbone units frozen from the input side (blocks, layers or convs), BN included
+    freeze_depthwise: int = 0  # freeze backbone depthwise kernels at least this size (5: the 5x5 ones); 0 = none
     checkpoint: str | None = None  # start from these detector weights
 
 

@@ -115,6 +115,8 @@ class Trainer:
             self.model.load_state_dict(load_checkpoint(cfg.model.checkpoint)["model"])
         if cfg.model.freeze:
             self.model.freeze_backbone(cfg.model.freeze)
+        if cfg.model.freeze_depthwise:
+            self.model.freeze_depthwise(cfg.model.freeze_depthwise)
         if t.freeze_bn:
             self.model.freeze_batchnorm()
         self.model.to(self.device)
