@@ -134,3 +134,16 @@ def test_candidate_rows_keep_every_score_above_the_threshold(score_type, thresho
     assert torch.equal(scores, full[rows])  # and the kept rows carry the exact scores
     if threshold >= 0.3:
         assert len(rows) < 1500  # the cheap test did rule rows out
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 20, 21, 90])
+def test_row_max_equals_amax(width):
+    from multibox.nms import _row_max
+
+    g = torch.Generator().manual_seed(width)
+    x = torch.randn(257, width, generator=g)
+    assert torch.equal(_row_max(x), x.amax(dim=1))
+    if width > 1:  # a strided view, as postprocess passes (the foreground columns)
+        assert torch.equal(_row_max(x[:, 1:]), x[:, 1:].amax(dim=1))
+    x[5, width // 2] = float("nan")
+    assert torch.isnan(_row_max(x)[5])
