@@ -84,8 +84,15 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
         )
     # Coordinates as contiguous rows (..., 4, A) and (..., 4, B): the (A, B) arithmetic then runs
     # on unit-stride operands, several times faster than slicing the interleaved last dimension.
-    ax1, ay1, ax2, ay2 = (c.unsqueeze(-1) for c in boxes1.transpose(-1, -2).contiguous().unbind(-2))
-    bx1, by1, bx2, by2 = (c.unsqueeze(-2) for c in boxes2.transpose(-1, -2).contiguous().unbind(-2))
+    a = [c.unsqueeze(-1) for c in boxes1.transpose(-1, -2).contiguous().unbind(-2)]
+    b = [c.unsqueeze(-2) for c in boxes2.transpose(-1, -2).contiguous().unbind(-2)]
+    return iou_from_coordinates(*a, *b)
+
+
+def iou_from_coordinates(ax1: Tensor, ay1: Tensor, ax2: Tensor, ay2: Tensor,
+                         bx1: Tensor, by1: Tensor, bx2: Tensor, by2: Tensor) -> Tensor:
+    """Jaccard overlap of boxes given as broadcastable coordinate tensors (``(A, 1)`` against
+    ``(1, B)`` for a matrix, ``(Q,)`` against ``(Q,)`` for listed pairs); an empty union gives 0."""
     inter = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)
     inter = inter.mul_((torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0))
     union = ((ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0)) + ((bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0))

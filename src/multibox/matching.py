@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .boxes import box_iou, check_boxes, cxcywh_to_xyxy
+from .boxes import box_iou, check_boxes, cxcywh_to_xyxy, iou_from_coordinates
 
 
 class Matches(NamedTuple):
@@ -42,16 +42,10 @@ class Matches(NamedTuple):
 def _pair_iou(boxes: Tensor, priors_xyxy: Tensor, pair_obj: Tensor, pair_prior: Tensor) -> Tensor:
     """IoU ``(Q,)`` of the pairs ``(boxes[pair_obj[q]], priors_xyxy[pair_prior[q]])`` (xyxy rows):
     :func:`multibox.boxes.box_iou` for listed pairs instead of a full matrix."""
-    # gathered as (4, Q) coordinate rows: contiguous operands for the arithmetic below
-    bx1, by1, bx2, by2 = boxes.t().contiguous().index_select(1, pair_obj)
-    px1, py1, px2, py2 = priors_xyxy.t().contiguous().index_select(1, pair_prior)
-    iw = (torch.minimum(bx2, px2) - torch.maximum(bx1, px1)).clamp_(min=0)
-    ih = (torch.minimum(by2, py2) - torch.maximum(by1, py1)).clamp_(min=0)
-    inter = iw.mul_(ih)
-    area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)
-    area_p = (px2 - px1).clamp(min=0) * (py2 - py1).clamp(min=0)
-    union = (area_b + area_p).sub_(inter)
-    return inter.div_(union.clamp_(min=torch.finfo(union.dtype).tiny))
+    # gathered as (4, Q) coordinate rows: contiguous operands for the arithmetic
+    b = boxes.t().contiguous().index_select(1, pair_obj)
+    p = priors_xyxy.t().contiguous().index_select(1, pair_prior)
+    return iou_from_coordinates(*b, *p)
 
 
 # Slack on the "prior centre inside the box" test, far above float rounding of coordinates in [0, 1].
