@@ -12,9 +12,10 @@ Rules, in order:
    prior the later object wins, as in the reference implementation's loop.
 
 With the paper's threshold (>= 0.5) only pairs whose prior centre lies inside
-the box can be positive, so IoU is computed for those pairs (a few percent of
-all object x prior pairs) rather than for the full ``(N, M, P)`` grid; the
-result is identical to the dense rules above (tests compare with a loop).
+the box and whose areas differ by at most a factor 2 can be positive, so IoU is
+computed for those pairs (about 1% of all object x prior pairs) rather than for
+the full ``(N, M, P)`` grid; the result is identical to the dense rules above
+(tests compare with a loop).
 """
 from __future__ import annotations
 
@@ -60,32 +61,50 @@ def _runs(starts: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
     return torch.arange(len(run), device=counts.device) + shift.index_select(0, run), run
 
 
-def _centre_inside_pairs(boxes: Tensor, centres: Tensor) -> tuple[Tensor, Tensor]:
-    """All ``(object, prior)`` pairs whose prior centre lies inside the object's box (edges and a
-    small slack included): ``boxes (K, 4)`` xyxy, ``centres (P, 2)``. Returns two ``(Q,)`` index
-    tensors.
+def _candidate_pairs(boxes: Tensor, priors: Tensor, min_area_ratio: float) -> tuple[Tensor, Tensor]:
+    """The ``(object, prior)`` pairs that can reach an IoU of ``min_area_ratio`` (>= 0.5): those
+    whose prior centre lies inside the object's box (edges and a small slack included) and whose
+    areas are within a factor ``1 / min_area_ratio`` of each other, as IoU <= smaller area / larger
+    area. ``boxes (K, 4)`` xyxy, ``priors (P, 4)`` cxcywh. Returns two ``(Q,)`` index tensors.
 
-    Priors lie on rows of equal centre y (one per grid row of each feature map, some shared). Sorted
-    by (row, x), the priors of one row with centres in ``[x1, x2]`` are one run, found by two binary
-    searches. So a box takes the rows inside ``[y1, y2]``, and in each row one run: the pairs come
-    out directly, with no candidate filtered afterwards. The search keys are float64 so that the row
-    offset does not eat the coordinates' precision.
+    The priors are sorted by (area bin, centre row, x): bins are quarter octaves of area, rows
+    the distinct centre heights within a bin. A box takes the bins its area allows (one range, as
+    bins are ordered), in each bin the rows inside ``[y1, y2]`` (two binary searches), and in each
+    row the priors with centres in ``[x1, x2]`` (two more), so the pairs come out directly, with
+    nothing filtered afterwards. Keys are float64 so that the bin and row offsets do not eat the
+    coordinates' precision.
     """
-    cx, cy = centres.to(torch.float64).unbind(1)
-    row_y, row = torch.unique(cy, sorted=True, return_inverse=True)
-    x0 = cx.min()
-    stride = float(cx.max() - x0) + 1.0  # > any x-range: rows never interleave
-    key = row.to(torch.float64) * stride + (cx - x0)
-    key, order = torch.sort(key, stable=True)
+    cx, cy, w, h = priors.to(torch.float64).unbind(1)
+    area = w * h
+    bin_id = torch.floor(torch.log2(area.clamp(min=1e-30)) * 4)
+    bin_key, bin_of = torch.unique(bin_id, sorted=True, return_inverse=True)
+    nb = len(bin_key)
+    bin_min = area.new_full((nb,), torch.inf).scatter_reduce(0, bin_of, area, reduce="amin")
+    bin_max = area.new_zeros(nb).scatter_reduce(0, bin_of, area, reduce="amax")
+    y0, x0 = cy.min(), cx.min()
+    y_span = float(cy.max() - y0) + 1.0  # > any y-range: bins never interleave
+    row_key, row = torch.unique(bin_of.to(torch.float64) * y_span + (cy - y0), sorted=True, return_inverse=True)
+    x_span = float(cx.max() - x0) + 1.0
+    key, order = torch.sort(row.to(torch.float64) * x_span + (cx - x0), stable=True)
+
     x1, y1, x2, y2 = boxes.to(torch.float64).unbind(1)
-    first_row = torch.searchsorted(row_y, y1 - _CENTRE_SLACK, right=False)
-    last_row = torch.searchsorted(row_y, y2 + _CENTRE_SLACK, right=True)
-    rows, box_of_run = _runs(first_row, (last_row - first_row).clamp_(min=0))  # (R,) one per (box, row)
-    base = rows.to(torch.float64) * stride - x0
-    lo = torch.searchsorted(key, base + (x1 - _CENTRE_SLACK).index_select(0, box_of_run), right=False)
-    hi = torch.searchsorted(key, base + (x2 + _CENTRE_SLACK).index_select(0, box_of_run), right=True)
+    box_area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    slack = 1e-4  # relative, on areas: far above float32 rounding of the IoU
+    first_bin = torch.searchsorted(bin_max, box_area * (min_area_ratio * (1 - slack)), right=False)
+    last_bin = torch.searchsorted(bin_min, box_area * ((1 + slack) / min_area_ratio), right=True)
+    bins, box_of_bin = _runs(first_bin, (last_bin - first_bin).clamp_(min=0))  # one per (box, bin)
+
+    base = bins.to(torch.float64) * y_span - y0
+    lo = torch.searchsorted(row_key, base + (y1 - _CENTRE_SLACK).index_select(0, box_of_bin), right=False)
+    hi = torch.searchsorted(row_key, base + (y2 + _CENTRE_SLACK).index_select(0, box_of_bin), right=True)
+    rows, run = _runs(lo, (hi - lo).clamp_(min=0))  # one per (box, bin, row)
+    box_of_row = box_of_bin.index_select(0, run)
+
+    base = rows.to(torch.float64) * x_span - x0
+    lo = torch.searchsorted(key, base + (x1 - _CENTRE_SLACK).index_select(0, box_of_row), right=False)
+    hi = torch.searchsorted(key, base + (x2 + _CENTRE_SLACK).index_select(0, box_of_row), right=True)
     pos, run = _runs(lo, (hi - lo).clamp_(min=0))
-    return box_of_run.index_select(0, run), order.index_select(0, pos)
+    return box_of_row.index_select(0, run), order.index_select(0, pos)
 
 
 def match_priors(
@@ -132,28 +151,27 @@ def match_priors(
 
     # Candidate (object, prior) pairs. A prior whose centre lies outside a box overlaps it by at
     # most half the prior, which caps the IoU at 1/2 (reached only when the box is exactly that
-    # half): so with a threshold >= 0.5 every pair that can be positive has the prior's centre
-    # inside the box, a few percent of all pairs. Lower thresholds take every pair.
+    # half), and no pair's IoU exceeds its smaller area over its larger one: so with a threshold
+    # >= 0.5 every pair that can be positive has the prior's centre inside the box and an area
+    # ratio of at least the threshold, about 1% of all pairs. Lower thresholds take every pair.
     sparse = iou_threshold >= 0.5
     if sparse:
-        pair_obj, pair_prior = _centre_inside_pairs(boxes_k, priors[:, :2])
+        pair_obj, pair_prior = _candidate_pairs(boxes_k, priors, iou_threshold)
     else:
         pair_obj = torch.arange(len(obj), device=device).repeat_interleave(p)
         pair_prior = torch.arange(p, device=device).repeat(len(obj))
     iou = _pair_iou(boxes_k, priors_xyxy, pair_obj, pair_prior)  # (Q,)
 
     # Rule 1: a prior takes, of the objects reaching the threshold, the one it overlaps most
-    # (ties: the lowest slot, as argmax over objects would).
+    # (ties: the lowest slot, as argmax over objects would). Pairs come in object order, i.e.
+    # (image, slot); sorted stably by descending IoU and then by (image, prior) cell, the first
+    # hit of each cell is its winner.
     hit = (iou >= iou_threshold).nonzero().squeeze(1)
-    h_obj, h_iou = pair_obj.index_select(0, hit), iou.index_select(0, hit)
+    h_obj = pair_obj.index_select(0, hit)
     h_cell = img.index_select(0, h_obj) * p + pair_prior.index_select(0, hit)  # flat (image, prior)
-    cell_best = torch.full((n * p,), -1.0, dtype=iou.dtype, device=device).scatter_reduce(
-        0, h_cell, h_iou, reduce="amax")
-    top = h_iou == cell_best[h_cell]
-    cell_slot = torch.full((n * p,), m, dtype=torch.long, device=device).scatter_reduce(
-        0, h_cell[top], slot[h_obj[top]], reduce="amin")
-    best_object = torch.where(cell_slot < m, cell_slot, torch.zeros_like(cell_slot)).view(n, p)
-    best_iou_hit = cell_slot.view(n, p) < m
+    order = torch.sort(iou.index_select(0, hit), descending=True, stable=True).indices
+    order = order.index_select(0, torch.sort(h_cell.index_select(0, order), stable=True).indices)
+    win_cell, win_obj = _first_of_each_run(h_cell.index_select(0, order), h_obj.index_select(0, order))
 
     # Rule 2 needs each object's best prior over all priors (the lowest index on ties). When an
     # object's best candidate reaches the threshold, every prior at least as good is a candidate
@@ -166,21 +184,26 @@ def match_priors(
     weak = obj_best < iou_threshold
     if sparse and bool(weak.any()):
         best_prior_k[weak] = box_iou(boxes_k[weak], priors_xyxy).argmax(dim=1)
-    best_prior = torch.zeros(n, m, dtype=torch.long, device=device)
-    best_prior[img, slot] = best_prior_k
 
-    # Rule 2: each valid object forces its best prior. scatter_reduce(amax) over the
-    # object index makes the highest-indexed object win ties, deterministically.
-    obj_ids = torch.arange(m, device=device).expand(n, m)
-    src = torch.where(valid, obj_ids, torch.full_like(obj_ids, -1))
-    forced = torch.full((n, p), -1, dtype=torch.long, device=device)
-    forced = forced.scatter_reduce(1, best_prior, src, reduce="amax", include_self=True)
-    is_forced = forced >= 0
-    best_object = torch.where(is_forced, forced, best_object)
-    positive = is_forced | best_iou_hit
+    # Rule 2: each object forces its best prior, overriding rule 1; when objects share one,
+    # the highest slot wins. Winners then forced priors, sorted stably by cell: the last entry
+    # of each cell is its object.
+    cell = torch.cat((win_cell, img * p + best_prior_k))
+    cell_obj = torch.cat((win_obj, torch.arange(len(obj), device=device)))
+    order = torch.sort(cell, stable=True).indices
+    cell, cell_obj = _first_of_each_run(cell.index_select(0, order).flip(0), cell_obj.index_select(0, order).flip(0))
 
-    labels = torch.gather(gt_labels, 1, best_object)
-    labels = torch.where(positive, labels, torch.zeros_like(labels))
-    boxes = torch.gather(gt_boxes, 1, best_object.unsqueeze(-1).expand(n, p, 4))
-    object_index = torch.where(positive, best_object, torch.full_like(best_object, -1))
-    return Matches(labels, boxes, object_index)
+    labels = torch.zeros(n * p, dtype=torch.long, device=device)
+    labels[cell] = gt_labels[img, slot].index_select(0, cell_obj)
+    boxes = torch.zeros(n * p, 4, dtype=gt_boxes.dtype, device=device)
+    boxes[cell] = boxes_k.index_select(0, cell_obj)
+    object_index = torch.full((n * p,), -1, dtype=torch.long, device=device)
+    object_index[cell] = slot.index_select(0, cell_obj)
+    return Matches(labels.view(n, p), boxes.view(n, p, 4), object_index.view(n, p))
+
+
+def _first_of_each_run(keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """For ``keys`` with equal entries adjacent, the first entry of each run and its value."""
+    first = torch.ones_like(keys, dtype=torch.bool)
+    first[1:] = keys[1:] != keys[:-1]
+    return keys[first], values[first]
