@@ -120,3 +120,55 @@ def test_prior_probability_bias():
     assert 1 / (1 + math.exp(-b)) == pytest.approx(0.01)
     with pytest.raises(ValueError):
         prior_probability_bias(1.5)
+
+
+def test_background_loss_equals_log_softmax_including_extreme_logits_and_chunk_edges():
+    from multibox.losses import _ROWS_PER_CHUNK, background_loss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(_ROWS_PER_CHUNK + 37, 5, generator=g) * 4  # a partial last chunk
+    x[3] = torch.tensor([0.0, 120.0, 1.0, 2.0, 3.0])  # exp overflows: recomputed exactly
+    x[4] = torch.tensor([-200.0, -150.0, -190.0, -300.0, -160.0])  # exp underflows to zero
+    x[_ROWS_PER_CHUNK] = torch.tensor([50.0, -50.0, 0.0, 10.0, 49.0])  # first row of chunk 2
+    expected = -torch.log_softmax(x.double(), dim=1)[:, 0]
+    got = background_loss(x)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=2e-5)
+    assert got[3].item() == pytest.approx(120.0 + math.log1p(math.exp(3 - 120.0)), rel=1e-6)
+    assert got[4].item() == pytest.approx(50.0, rel=1e-5)
+
+
+def test_hard_negatives_break_ties_by_prior_index_per_image():
+    conf = torch.tensor([[5.0, 2.0, 2.0, 2.0, 2.0, 1.0, 9.0],
+                         [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0],
+                         [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]])
+    pos = torch.tensor([[True, False, False, False, False, False, False],
+                        [False, False, False, True, False, False, False],
+                        [False, False, False, False, False, False, False]])  # no positive: no negative
+    neg = hard_negative_mask(conf, pos, 2)
+    assert neg.tolist() == [[False, True, False, False, False, False, True],  # 9, then the first 2.0
+                            [True, True, False, False, False, False, False],
+                            [False] * 7]
+
+
+def test_confidence_gradient_flows_only_through_positives_and_mined_negatives():
+    """The cross-entropy is taken over the chosen priors only; its gradient must equal that of
+    the dense per-prior loss masked to the same priors."""
+    g = torch.Generator().manual_seed(2)
+    priors = ssd300_priors()
+    gt = torch.tensor([[[0.1, 0.1, 0.4, 0.5], [0.5, 0.5, 0.9, 0.8]], [[0.2, 0.3, 0.7, 0.9], [0, 0, 0, 0]]])
+    labels = torch.tensor([[3, 1], [2, 0]])
+    loc = torch.randn(2, len(priors), 4, generator=g, requires_grad=True)
+    logits = torch.randn(2, len(priors), 21, generator=g, requires_grad=True)
+    fn = MultiBoxLoss(priors)
+    out = fn(loc, logits, gt, labels)
+    out.loss.backward()
+    matches = match_priors(gt, labels, priors)
+    pos = matches.labels > 0
+    ce = F.cross_entropy(logits.detach().reshape(-1, 21), matches.labels.reshape(-1), reduction="none").view(2, -1)
+    neg = hard_negative_mask(ce, pos, 3.0)
+    ref_logits = logits.detach().clone().requires_grad_(True)
+    ref = F.cross_entropy(ref_logits.reshape(-1, 21), matches.labels.reshape(-1), reduction="none").view(2, -1)
+    ((ref * (pos | neg)).sum() / pos.sum()).backward()
+    torch.testing.assert_close(logits.grad, ref_logits.grad, rtol=1e-5, atol=1e-7)
+    assert out.num_positives.item() == int(pos.sum())
+    assert (loc.grad.abs().sum(-1) > 0).sum() == pos.sum()  # only positives regress

@@ -138,3 +138,68 @@ def test_object_index_matches_reference_loop_with_crowded_overlapping_objects():
         expected = torch.where(best_iou >= 0.5, best_obj, torch.full_like(best_obj, -1))
         assert torch.equal(got.object_index[i], expected)
         assert (got.object_index[i] >= 0).sum() > k  # many priors above the threshold, not only forced ones
+
+
+def _reference_object_index(gt, labels, priors_xyxy, thr):
+    """Per-image loop: every prior takes its best object at >= thr, then every object forces its
+    best prior (the later object wins a shared one); -1 for background."""
+    from multibox.boxes import box_iou
+
+    out = []
+    for g, l in zip(gt, labels):
+        k = int((l > 0).sum())
+        res = torch.full((len(priors_xyxy),), -1, dtype=torch.long)
+        if k:
+            iou = box_iou(g[:k], priors_xyxy)
+            best_iou, best_obj = iou.max(0)
+            for j in range(k):
+                best_obj[int(iou[j].argmax())] = j
+                best_iou[int(iou[j].argmax())] = 2.0
+            res = torch.where(best_iou >= thr, best_obj, res)
+        out.append(res)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("thr", [0.5, 0.7])
+@pytest.mark.parametrize("prior_set", ["ssd300", "ssd300_clipped", "grid"])
+def test_candidate_pairs_lose_nothing_on_many_shapes(thr, prior_set):
+    """The sparse candidate search (centre inside the box, area ratio >= thr) gives exactly the
+    dense rules, for boxes of every size and aspect (tiny, elongated, whole image), boxes that
+    are copies of priors (IoU 1) and boxes at exactly IoU 0.5 and area ratio 0.5 with a prior."""
+    from multibox.boxes import cxcywh_to_xyxy
+    from multibox.priors import grid_feature_maps, make_priors
+
+    if prior_set == "grid":
+        priors = make_priors(grid_feature_maps((8, 4, 2, 1)), clip=True)
+    else:
+        priors = ssd300_priors(clip=prior_set.endswith("clipped"))
+    pxy = cxcywh_to_xyxy(priors)
+    g = torch.Generator().manual_seed(3)
+    n, m = 6, 16
+    xy = torch.rand(n, m, 2, generator=g) * 0.9
+    wh = torch.rand(n, m, 2, generator=g) ** 3 * 0.9 + 0.002  # mostly small, some huge; odd aspects
+    gt = torch.cat((xy, (xy + wh).clamp(max=1)), -1)
+    gt[0, :4] = pxy[torch.randint(0, len(priors), (4,), generator=g)].clamp(0, 1)  # prior copies
+    half = pxy[len(priors) // 2].clamp(0, 1)
+    gt[1, 0] = torch.stack((half[0], half[1], half[2], (half[1] + half[3]) / 2))  # IoU 0.5, area ratio 0.5
+    gt[2, 0] = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    labels = torch.randint(1, 4, (n, m), generator=g)
+    labels[3, 5:] = 0
+    labels[4] = 0
+    got = match_priors(gt, labels, priors, thr)
+    expected = _reference_object_index(gt, labels, pxy, thr)
+    assert torch.equal(got.object_index, expected)
+    assert torch.equal(got.labels, torch.where(expected >= 0, torch.gather(labels, 1, expected.clamp(min=0)), 0))
+    # boxes: the matched object's box, zeros for background
+    want = torch.where((expected >= 0).unsqueeze(-1), torch.gather(gt, 1, expected.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)), 0.0)
+    assert torch.equal(got.boxes, want)
+
+
+def test_repeated_matching_with_the_same_priors_reuses_nothing_stale():
+    """The prior index is cached per priors tensor; editing the tensor in place invalidates it."""
+    priors = PRIORS.clone()
+    gt = torch.tensor([[[0.5, 0.5, 1.0, 1.0]]])
+    assert match_priors(gt, torch.tensor([[1]]), priors).labels.tolist() == [[0, 0, 0, 1, 0]]
+    priors[3] = priors[0]  # prior 3 now sits where prior 0 was
+    priors[0] = xyxy_to_cxcywh(torch.tensor([0.5, 0.5, 1.0, 1.0]))
+    assert match_priors(gt, torch.tensor([[1]]), priors).labels.tolist() == [[1, 0, 0, 0, 0]]

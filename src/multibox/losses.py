@@ -32,16 +32,13 @@ class LossOutput(NamedTuple):
     num_positives: Tensor  # scalar count of positive priors in the batch
 
 
-def _localization_loss(loc: Tensor, matches: Matches, priors: Tensor, variances) -> tuple[Tensor, Tensor]:
-    """Summed Smooth L1 (beta 1) over positive priors, and the positive mask."""
+def _localization_loss(loc: Tensor, matches: Matches, priors: Tensor, variances, index: Tensor) -> Tensor:
+    """Summed Smooth L1 (beta 1) over the positive priors at flat ``index`` (``image * P + prior``).
+    Only positives are encoded: background priors have no box."""
     n, p = matches.labels.shape
-    positive = matches.labels > 0
-    index = positive.view(-1).nonzero().squeeze(1)  # flat (image, prior) of the positives
-    # Encode only positives: background priors have no box to encode.
-    target = encode_boxes(matches.boxes.reshape(n * p, 4).index_select(0, index),
-                          priors.index_select(0, index % p), variances)
+    target = encode_boxes(matches.positive_boxes(index), priors.index_select(0, index % p), variances)
     pred = loc.reshape(n * p, 4).index_select(0, index)
-    return F.smooth_l1_loss(pred, target, beta=1.0, reduction="sum"), positive
+    return F.smooth_l1_loss(pred, target, beta=1.0, reduction="sum")
 
 
 _ROWS_PER_CHUNK = 16384
@@ -52,21 +49,24 @@ def background_loss(logits: Tensor) -> Tensor:
     """Cross-entropy of every row of ``(R, C)`` logits against class 0, ``-log softmax(x)_0``,
     without autograd: the loss by which hard negative mining ranks negatives.
 
-    Computed as ``log(sum_c exp(x_c)) - x_0``: one ``exp`` and a matrix-vector sum over each
-    row, in chunks that stay in cache, several times faster on CPUs than a log-softmax over
+    Computed as ``log(sum_c exp(x_c)) - log(exp(x_0))``: one ``exp`` and a matrix product that
+    sums each row and picks its column 0, in chunks that stay in cache, several times faster on CPUs than a log-softmax over
     every class (which also writes an ``(R, C)`` result). Rows whose sum overflows or
     underflows to zero (logits beyond about +-88) are recomputed with ``log_softmax``.
     """
     r, c = logits.shape
-    loss = logits.new_empty(r)
+    sums = logits.new_empty(r, 2)  # (sum_c exp(x_c), exp(x_0)) per row
     work = logits.new_empty(min(r, _ROWS_PER_CHUNK), c)
-    ones = logits.new_ones(c, 1)
+    weights = torch.zeros(c, 2, dtype=logits.dtype, device=logits.device)
+    weights[:, 0] = 1.0
+    weights[0, 1] = 1.0
     for start in range(0, r, _ROWS_PER_CHUNK):  # chunks stay in cache and reuse one buffer
-        rows, out = logits[start:start + _ROWS_PER_CHUNK], loss[start:start + _ROWS_PER_CHUNK]
-        w = torch.exp(rows, out=work[: len(rows)])
-        torch.mm(w, ones, out=out.unsqueeze(1)).log_().sub_(rows[:, 0:1])
-    bad = ~torch.isfinite(loss)
-    if bool(bad.any()):
+        w = torch.exp(logits[start:start + _ROWS_PER_CHUNK], out=work[: min(_ROWS_PER_CHUNK, r - start)])
+        torch.mm(w, weights, out=sums[start:start + _ROWS_PER_CHUNK])
+    logs = sums.log_()
+    loss = logs[:, 0] - logs[:, 1]
+    if not bool(torch.isfinite(loss.sum())):  # the common case costs one sum
+        bad = ~torch.isfinite(loss)
         loss[bad] = -torch.log_softmax(logits[bad], dim=1)[:, 0]
     return loss
 
@@ -86,18 +86,20 @@ def hard_negative_mask(conf_loss: Tensor, positive: Tensor, neg_pos_ratio: float
         return torch.zeros_like(positive)
     neg_loss = conf_loss.detach().masked_fill(positive, -math.inf)
     # The same set as a stable descending sort cut at num_neg, without sorting every prior:
-    # the num_neg-th largest loss of each image (topk), everything above it, and of the
-    # priors equal to it the lowest-indexed ones, as many as are still needed.
-    top = neg_loss.topk(k, dim=1).values  # (N, k)
+    # the num_neg-th largest loss of each image (topk), everything at least as large, and when
+    # that is too many (ties with it), of the tied priors the lowest-indexed ones.
+    top = neg_loss.topk(k, dim=1, sorted=False).values.sort(dim=1, descending=True).values  # (N, k)
     kth = torch.gather(top, 1, (num_neg - 1).clamp(min=0))  # (N, 1)
-    chosen = neg_loss > kth
-    need = num_neg - (top > kth).sum(dim=1, keepdim=True)  # every loss above kth is in top
-    tied = ((neg_loss == kth) & ~positive).nonzero()  # (T, 2) in (image, prior) order; usually ~1 per image
-    first = torch.searchsorted(tied[:, 0].contiguous(), torch.arange(len(positive), device=positive.device))
-    rank = torch.arange(len(tied), device=tied.device) - first.index_select(0, tied[:, 0])
-    take = tied[rank < need.squeeze(1).index_select(0, tied[:, 0])]
-    chosen[take[:, 0], take[:, 1]] = True
-    return chosen & (num_neg > 0)
+    chosen = neg_loss >= kth
+    excess = chosen.view(torch.uint8).sum(dim=1, keepdim=True, dtype=torch.int32) - num_neg
+    if bool((excess > 0).any()):  # ties at the kth loss: keep only as many as needed
+        need = num_neg - (top > kth).sum(dim=1, keepdim=True)  # every loss above kth is in top
+        tied = (chosen & (neg_loss == kth)).nonzero()  # (T, 2) in (image, prior) order
+        first = torch.searchsorted(tied[:, 0].contiguous(), torch.arange(len(positive), device=positive.device))
+        rank = torch.arange(len(tied), device=tied.device) - first.index_select(0, tied[:, 0])
+        drop = tied[rank >= need.squeeze(1).index_select(0, tied[:, 0])]
+        chosen[drop[:, 0], drop[:, 1]] = False
+    return chosen
 
 
 class MultiBoxLoss(nn.Module):
@@ -133,15 +135,17 @@ class MultiBoxLoss(nn.Module):
 
     def from_matches(self, loc: Tensor, logits: Tensor, matches: Matches) -> LossOutput:
         n, p, c = logits.shape
-        loc_sum, positive = _localization_loss(loc.float(), matches, self.priors, self.variances)
         flat = logits.float().reshape(-1, c)
+        positive = matches.labels > 0
         # Negatives are ranked by their loss without autograd; the cross-entropy that trains is
         # then taken over the positives and the chosen negatives only (a few percent of priors).
         negative = hard_negative_mask(background_loss(flat).view(n, p), positive, self.neg_pos_ratio)
         chosen = (positive | negative).view(-1).nonzero().squeeze(1)
-        conf_sum = F.cross_entropy(flat.index_select(0, chosen), matches.labels.view(-1).index_select(0, chosen),
-                                   reduction="sum")
-        num_pos = positive.sum()
+        chosen_labels = matches.labels.view(-1).index_select(0, chosen)
+        conf_sum = F.cross_entropy(flat.index_select(0, chosen), chosen_labels, reduction="sum")
+        pos_index = chosen[chosen_labels > 0]
+        loc_sum = _localization_loss(loc.float(), matches, self.priors, self.variances, pos_index)
+        num_pos = torch.tensor(len(pos_index), device=loc.device)
         # A batch without any object contributes zero loss rather than 0/0.
         denom = num_pos.clamp(min=1).to(conf_sum.dtype)
         conf_term = conf_sum / denom
@@ -193,11 +197,12 @@ class FocalLoss(nn.Module):
 
     def from_matches(self, loc: Tensor, logits: Tensor, matches: Matches) -> LossOutput:
         num_classes = logits.shape[-1]
-        loc_sum, positive = _localization_loss(loc.float(), matches, self.priors, self.variances)
+        pos_index = (matches.labels > 0).view(-1).nonzero().squeeze(1)
+        loc_sum = _localization_loss(loc.float(), matches, self.priors, self.variances, pos_index)
         # one_hot over C + 1 columns then drop background column 0.
         targets = F.one_hot(matches.labels, num_classes + 1)[..., 1:].to(torch.float32)
         conf_sum = sigmoid_focal_loss(logits.float(), targets, self.alpha, self.gamma).sum()
-        num_pos = positive.sum()
+        num_pos = torch.tensor(len(pos_index), device=loc.device)
         denom = num_pos.clamp(min=1).to(torch.float32)
         loc_term = self.loc_weight * loc_sum / denom
         conf_term = conf_sum / denom

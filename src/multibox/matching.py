@@ -31,13 +31,29 @@ class Matches(NamedTuple):
     """Per-prior targets of a batch.
 
     labels: ``(N, P)`` long, 0 for background, else the matched object's class.
-    boxes: ``(N, P, 4)`` xyxy box of the matched object (meaningful where labels > 0).
     object_index: ``(N, P)`` long index into ``M`` of the matched object, -1 if none.
+    gt_boxes: ``(N, M, 4)`` the padded boxes that were matched.
     """
 
     labels: Tensor
-    boxes: Tensor
     object_index: Tensor
+    gt_boxes: Tensor
+
+    @property
+    def boxes(self) -> Tensor:
+        """``(N, P, 4)`` xyxy box of each prior's object; zeros for background priors."""
+        n, p = self.object_index.shape
+        index = self.object_index.clamp(min=0).unsqueeze(-1).expand(n, p, 4)
+        boxes = torch.gather(self.gt_boxes, 1, index) if self.gt_boxes.shape[1] else self.gt_boxes.new_zeros(n, p, 4)
+        return boxes.masked_fill(self.object_index.unsqueeze(-1) < 0, 0.0)
+
+    def positive_boxes(self, flat_index: Tensor) -> Tensor:
+        """``(Q, 4)`` boxes of the objects matched to the priors at ``flat_index`` (``image * P +
+        prior``, positives only): the regression targets, without the dense ``boxes``."""
+        n, p = self.object_index.shape
+        m = self.gt_boxes.shape[1]
+        obj = self.object_index.reshape(-1).index_select(0, flat_index)
+        return self.gt_boxes.reshape(n * m, 4).index_select(0, torch.div(flat_index, p, rounding_mode="floor") * m + obj)
 
 
 def _pair_iou(boxes: Tensor, priors_xyxy: Tensor, pair_obj: Tensor, pair_prior: Tensor) -> Tensor:
@@ -61,6 +77,49 @@ def _runs(starts: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
     return torch.arange(len(run), device=counts.device) + shift.index_select(0, run), run
 
 
+class _PriorIndex(NamedTuple):
+    """Priors sorted by (area bin, centre row, x) for :func:`_candidate_pairs` (float64 keys)."""
+
+    bin_min: Tensor  # (B,) smallest prior area in each bin, ascending with the bins
+    bin_max: Tensor  # (B,) largest
+    row_key: Tensor  # (R,) bin * y_span + (cy - y0) of every distinct (bin, centre row), sorted
+    key: Tensor  # (P,) row * x_span + (cx - x0), sorted
+    order: Tensor  # (P,) prior index of each sorted key
+    y0: float
+    y_span: float
+    x0: float
+    x_span: float
+
+
+_INDEX_CACHE: tuple = ()  # (priors, their version, their _PriorIndex): losses match one prior set many times
+
+
+def _prior_index(priors: Tensor) -> _PriorIndex:
+    global _INDEX_CACHE
+    try:
+        version = priors._version
+    except RuntimeError:  # inference tensors have no version counter: do not cache
+        version = None
+    if version is not None and _INDEX_CACHE and _INDEX_CACHE[0] is priors and _INDEX_CACHE[1] == version:
+        return _INDEX_CACHE[2]
+    cx, cy, w, h = priors.to(torch.float64).unbind(1)
+    area = w * h
+    bin_id = torch.floor(torch.log2(area.clamp(min=1e-30)) * 4)  # quarter octaves
+    bin_key, bin_of = torch.unique(bin_id, sorted=True, return_inverse=True)
+    nb = len(bin_key)
+    bin_min = area.new_full((nb,), torch.inf).scatter_reduce(0, bin_of, area, reduce="amin")
+    bin_max = area.new_zeros(nb).scatter_reduce(0, bin_of, area, reduce="amax")
+    y0, x0 = float(cy.min()), float(cx.min())
+    y_span = float(cy.max()) - y0 + 1.0  # > any y-range: bins never interleave
+    x_span = float(cx.max()) - x0 + 1.0  # > any x-range: rows never interleave
+    row_key, row = torch.unique(bin_of.to(torch.float64) * y_span + (cy - y0), sorted=True, return_inverse=True)
+    key, order = torch.sort(row.to(torch.float64) * x_span + (cx - x0), stable=True)
+    index = _PriorIndex(bin_min, bin_max, row_key, key, order, y0, y_span, x0, x_span)
+    if version is not None:
+        _INDEX_CACHE = (priors, version, index)
+    return index
+
+
 def _candidate_pairs(boxes: Tensor, priors: Tensor, min_area_ratio: float) -> tuple[Tensor, Tensor]:
     """The ``(object, prior)`` pairs that can reach an IoU of ``min_area_ratio`` (>= 0.5): those
     whose prior centre lies inside the object's box (edges and a small slack included) and whose
@@ -74,19 +133,9 @@ def _candidate_pairs(boxes: Tensor, priors: Tensor, min_area_ratio: float) -> tu
     nothing filtered afterwards. Keys are float64 so that the bin and row offsets do not eat the
     coordinates' precision.
     """
-    cx, cy, w, h = priors.to(torch.float64).unbind(1)
-    area = w * h
-    bin_id = torch.floor(torch.log2(area.clamp(min=1e-30)) * 4)
-    bin_key, bin_of = torch.unique(bin_id, sorted=True, return_inverse=True)
-    nb = len(bin_key)
-    bin_min = area.new_full((nb,), torch.inf).scatter_reduce(0, bin_of, area, reduce="amin")
-    bin_max = area.new_zeros(nb).scatter_reduce(0, bin_of, area, reduce="amax")
-    y0, x0 = cy.min(), cx.min()
-    y_span = float(cy.max() - y0) + 1.0  # > any y-range: bins never interleave
-    row_key, row = torch.unique(bin_of.to(torch.float64) * y_span + (cy - y0), sorted=True, return_inverse=True)
-    x_span = float(cx.max() - x0) + 1.0
-    key, order = torch.sort(row.to(torch.float64) * x_span + (cx - x0), stable=True)
-
+    ix = _prior_index(priors)
+    bin_min, bin_max, row_key, key, order = ix.bin_min, ix.bin_max, ix.row_key, ix.key, ix.order
+    y0, y_span, x0, x_span = ix.y0, ix.y_span, ix.x0, ix.x_span
     x1, y1, x2, y2 = boxes.to(torch.float64).unbind(1)
     box_area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
     slack = 1e-4  # relative, on areas: far above float32 rounding of the IoU
@@ -137,11 +186,8 @@ def match_priors(
     p = priors.shape[0]
     device = gt_boxes.device
     if m == 0:
-        return Matches(
-            torch.zeros(n, p, dtype=torch.long, device=device),
-            torch.zeros(n, p, 4, dtype=gt_boxes.dtype, device=device),
-            torch.full((n, p), -1, dtype=torch.long, device=device),
-        )
+        return Matches(torch.zeros(n, p, dtype=torch.long, device=device),
+                       torch.full((n, p), -1, dtype=torch.long, device=device), gt_boxes)
 
     valid = gt_labels > 0  # (N, M)
     obj = torch.nonzero(valid)  # (K, 2): image and slot of every real object, in (image, slot) order
@@ -164,13 +210,14 @@ def match_priors(
 
     # Rule 1: a prior takes, of the objects reaching the threshold, the one it overlaps most
     # (ties: the lowest slot, as argmax over objects would). Pairs come in object order, i.e.
-    # (image, slot); sorted stably by descending IoU and then by (image, prior) cell, the first
-    # hit of each cell is its winner.
+    # (image, slot); sorted stably by (image, prior) cell and, within a cell, by descending IoU
+    # (one float64 key, cell + (1 - IoU) / 2, which holds a float32 IoU exactly), the first hit of each
+    # cell is its winner.
     hit = (iou >= iou_threshold).nonzero().squeeze(1)
     h_obj = pair_obj.index_select(0, hit)
     h_cell = img.index_select(0, h_obj) * p + pair_prior.index_select(0, hit)  # flat (image, prior)
-    order = torch.sort(iou.index_select(0, hit), descending=True, stable=True).indices
-    order = order.index_select(0, torch.sort(h_cell.index_select(0, order), stable=True).indices)
+    h_key = h_cell.to(torch.float64) + (1.0 - iou.index_select(0, hit).to(torch.float64)) / 2
+    order = torch.sort(h_key, stable=True).indices
     win_cell, win_obj = _first_of_each_run(h_cell.index_select(0, order), h_obj.index_select(0, order))
 
     # Rule 2 needs each object's best prior over all priors (the lowest index on ties). When an
@@ -195,11 +242,9 @@ def match_priors(
 
     labels = torch.zeros(n * p, dtype=torch.long, device=device)
     labels[cell] = gt_labels[img, slot].index_select(0, cell_obj)
-    boxes = torch.zeros(n * p, 4, dtype=gt_boxes.dtype, device=device)
-    boxes[cell] = boxes_k.index_select(0, cell_obj)
     object_index = torch.full((n * p,), -1, dtype=torch.long, device=device)
     object_index[cell] = slot.index_select(0, cell_obj)
-    return Matches(labels.view(n, p), boxes.view(n, p, 4), object_index.view(n, p))
+    return Matches(labels.view(n, p), object_index.view(n, p), gt_boxes)
 
 
 def _first_of_each_run(keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
