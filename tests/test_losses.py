@@ -123,7 +123,8 @@ def test_prior_probability_bias():
 
 
 def test_background_loss_equals_log_softmax_including_extreme_logits_and_chunk_edges():
-    from multibox.losses import _ROWS_PER_CHUNK, background_loss
+    from multibox.losses import background_loss
+    from multibox.rowsums import ROWS_PER_CHUNK as _ROWS_PER_CHUNK
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(_ROWS_PER_CHUNK + 37, 5, generator=g) * 4  # a partial last chunk

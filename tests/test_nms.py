@@ -136,14 +136,42 @@ def test_candidate_rows_keep_every_score_above_the_threshold(score_type, thresho
         assert len(rows) < 1500  # the cheap test did rule rows out
 
 
-@pytest.mark.parametrize("width", [1, 2, 3, 5, 20, 21, 90])
-def test_row_max_equals_amax(width):
-    from multibox.nms import _row_max
+@pytest.mark.parametrize("threshold", [1e-6, 0.01, 0.5])
+def test_candidate_rows_survive_extreme_logits(threshold):
+    """exp() overflows above ~88 and underflows below ~-103: such rows must still be kept
+    whenever one of their scores passes."""
+    from multibox.nms import _candidate_rows
 
-    g = torch.Generator().manual_seed(width)
-    x = torch.randn(257, width, generator=g)
-    assert torch.equal(_row_max(x), x.amax(dim=1))
-    if width > 1:  # a strided view, as postprocess passes (the foreground columns)
-        assert torch.equal(_row_max(x[:, 1:]), x[:, 1:].amax(dim=1))
-    x[5, width // 2] = float("nan")
-    assert torch.isnan(_row_max(x)[5])
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 600, 4, generator=g)
+    logits[0, 0] = torch.tensor([200.0, 201.0, 0.0, 0.0])  # both overflow; class 1 scores 0.73
+    logits[0, 1] = torch.tensor([-300.0, -299.0, -400.0, -400.0])  # all underflow; class 1 scores 0.73
+    logits[0, 2] = torch.tensor([-80.0, -82.0, -200.0, -200.0])  # class 1 scores 0.12
+    logits[0, 3] = torch.tensor([95.0, 80.0, -5.0, -5.0])  # background overflows alone: class 1 scores 3e-7
+    logits[0, 4:300, 0] += 12.0  # confident background
+    full = torch.softmax(logits.double(), -1)[..., 1:].reshape(600, -1)
+    rows, scores = _candidate_rows(logits, "softmax", threshold)
+    passing = (full > threshold).any(1).nonzero().squeeze(1)
+    assert set(passing.tolist()) <= set(rows.tolist())
+    assert {0, 1}.issubset(set(rows.tolist()))
+    torch.testing.assert_close(scores.double(), full[rows], rtol=1e-5, atol=1e-7)
+    if threshold >= 0.01:
+        assert not set(range(4, 300)) & set(rows.tolist())  # the cheap test rules these out
+
+
+def test_sparse_and_padded_nms_agree(monkeypatch):
+    """Post-processing lists same-group pairs when there are few and pads crowded groups into
+    blocks otherwise; both must keep the same boxes."""
+    import multibox.nms as nms
+
+    g = torch.Generator().manual_seed(4)
+    priors = ssd300_priors()
+    loc = torch.randn(2, len(priors), 4, generator=g) * 0.3
+    logits = torch.randn(2, len(priors), 5, generator=g) * 2
+    logits[..., 0] += 4.0
+    sparse = postprocess(loc, logits, priors)
+    monkeypatch.setattr(nms, "_SPARSE_NMS_PAIRS", 0)
+    padded = postprocess(loc, logits, priors)
+    assert sparse.num.sum() > 50
+    for a, b in zip(sparse, padded):
+        assert torch.equal(a, b)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .boxes import DEFAULT_VARIANCES, encode_boxes
 from .matching import Matches, match_priors
+from .rowsums import exp_row_sums
 
 
 class LossOutput(NamedTuple):
@@ -41,9 +42,6 @@ def _localization_loss(loc: Tensor, matches: Matches, priors: Tensor, variances,
     return F.smooth_l1_loss(pred, target, beta=1.0, reduction="sum")
 
 
-_ROWS_PER_CHUNK = 16384
-
-
 @torch.no_grad()
 def background_loss(logits: Tensor) -> Tensor:
     """Cross-entropy of every row of ``(R, C)`` logits against class 0, ``-log softmax(x)_0``,
@@ -54,15 +52,10 @@ def background_loss(logits: Tensor) -> Tensor:
     every class (which also writes an ``(R, C)`` result). Rows whose sum overflows or
     underflows to zero (logits beyond about +-88) are recomputed with ``log_softmax``.
     """
-    r, c = logits.shape
-    sums = logits.new_empty(r, 2)  # (sum_c exp(x_c), exp(x_0)) per row
-    work = logits.new_empty(min(r, _ROWS_PER_CHUNK), c)
-    weights = torch.zeros(c, 2, dtype=logits.dtype, device=logits.device)
-    weights[:, 0] = 1.0
-    weights[0, 1] = 1.0
-    for start in range(0, r, _ROWS_PER_CHUNK):  # chunks stay in cache and reuse one buffer
-        w = torch.exp(logits[start:start + _ROWS_PER_CHUNK], out=work[: min(_ROWS_PER_CHUNK, r - start)])
-        torch.mm(w, weights, out=sums[start:start + _ROWS_PER_CHUNK])
+    weights = logits.new_zeros(logits.shape[1], 2)
+    weights[:, 0] = 1.0  # sum over every class
+    weights[0, 1] = 1.0  # exp of the background logit
+    sums = exp_row_sums(logits, weights)
     logs = sums.log_()
     loss = logs[:, 0] - logs[:, 1]
     if not bool(torch.isfinite(loss.sum())):  # the common case costs one sum

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .boxes import DEFAULT_VARIANCES, box_iou, clip_boxes, decode_boxes
+from .rowsums import exp_row_sums
 
 
 def overlap_mask(boxes: Tensor, iou_threshold: float) -> Tensor:
@@ -114,26 +115,13 @@ def _class_scores(logits: Tensor, score_type: str) -> Tensor:
     return torch.sigmoid(logits)
 
 
-def _row_max(x: Tensor) -> Tensor:
-    """``x.amax(dim=1)`` for a ``(R, K)`` tensor with small ``K``, by halving the columns with
-    elementwise maxima: a handful of vectorised passes where a reduction over a short
-    inner dimension runs several times slower on CPUs. NaN propagates as in ``amax``."""
-    while x.shape[1] > 1:
-        half = x.shape[1] // 2
-        m = torch.maximum(x[:, :half], x[:, half : 2 * half])
-        if x.shape[1] % 2:
-            torch.maximum(m[:, 0], x[:, -1], out=m[:, 0])
-        x = m
-    return x[:, 0]
-
-
 def _candidate_rows(logits: Tensor, score_type: str, threshold: float) -> tuple[Tensor, Tensor]:
     """The priors that may have a class score above ``threshold``, as flat indices
     ``image * P + prior`` (ascending), and the class scores ``(R, C)`` of those rows.
 
-    A softmax score ``exp(l_c - m) / sum_j exp(l_j - m)`` (``m`` the row maximum) is at
-    most ``exp(l_c - m)``, as the sum includes ``exp(0) = 1``; a sigmoid score passes only
-    if ``l_c > logit(threshold)``. Rows whose best foreground logit fails that cheap test
+    A softmax score ``exp(l_c) / sum_j exp(l_j)`` is below ``exp(l_c) / exp(l_0)``, so a row
+    can pass only if its foreground exponentials sum to more than ``threshold * exp(l_0)``;
+    a sigmoid score passes only if ``l_c > logit(threshold)``. Rows that fail that cheap test
     (a small margin absorbs ``exp`` rounding) cannot hold a candidate, so the exact
     scores are computed for the other rows only: a few hundred per image once a model
     is trained, instead of every prior and class.
@@ -143,8 +131,17 @@ def _candidate_rows(logits: Tensor, score_type: str, threshold: float) -> tuple[
     if threshold <= 0:
         maybe = torch.ones(n * p, dtype=torch.bool, device=logits.device)
     elif score_type == "softmax":
-        fg = _row_max(flat[:, 1:])
-        maybe = fg - torch.maximum(fg, flat[:, 0]) > math.log(threshold) - 1e-3
+        # sum_{c>0} exp(l_c) > t exp(l_0) is necessary (the sum is at least the largest term);
+        # rows where exp overflows (inf, or NaN from inf * 0 in the product), or whose exp(l_0)
+        # is so small that a passing exp(l_c) could underflow, are kept (exact scores follow
+        # for every kept row).
+        weights = flat.new_zeros(k, 2)
+        weights[1:, 0] = 1.0  # sum over the foreground classes
+        weights[0, 1] = 1.0  # exp of the background logit
+        sums = exp_row_sums(flat, weights)
+        fg, bg = sums[:, 0], sums[:, 1]
+        tiny = math.exp(-87.0 - math.log(threshold) + 1.0)
+        maybe = ~(fg <= bg * (threshold * 0.999)) | (bg < tiny) | (bg == math.inf)  # NaN (inf * 0): kept
     elif threshold >= 1:
         maybe = torch.zeros(n * p, dtype=torch.bool, device=logits.device)
     else:
@@ -239,64 +236,123 @@ def postprocess(
         top_scores = torch.gather(per_group, 1, top_prior)
         top_scores, order = top_scores.sort(dim=1, descending=True, stable=True)
         top_prior = torch.gather(top_prior, 1, order)
+        sel = (top_scores > score_threshold).view(-1).nonzero().squeeze(1)
+        group = torch.div(sel, cap, rounding_mode="floor")
+        prior, cand_scores = top_prior.view(-1).index_select(0, sel), top_scores.view(-1).index_select(0, sel)
     else:  # every candidate fits: take exactly the ones above the threshold
         cand_scores = row_scores[row, cls]
         order = cand_scores.sort(descending=True, stable=True).indices
-        group = (img * c + cls)[order]
-        order = order[group.sort(stable=True).indices]  # by group, then score, then prior
+        group = (img * c + cls).index_select(0, order)
+        order = order.index_select(0, group.sort(stable=True).indices)  # by group, then score, then prior
         group, prior, cand_scores = (img * c + cls)[order], prior[order], cand_scores[order]
-        rank = torch.arange(len(group), device=group.device) - (torch.cumsum(counts, 0) - counts)[group]
-        top_scores = logits.new_full((n * c, cap), -1.0)
-        top_scores[group, rank] = cand_scores
-        top_prior = torch.zeros(n * c, cap, dtype=torch.long, device=logits.device)
-        top_prior[group, rank] = prior
-    k = cap
-    top_scores = top_scores.view(n, c, k)
-    valid = top_scores > score_threshold
-    # decode (and clip) only the candidates' boxes
-    image_of_group = torch.arange(n, device=loc.device).repeat_interleave(c)  # (N*C,)
-    cand_loc = loc.float()[image_of_group.unsqueeze(1), top_prior]  # (N*C, K, 4)
-    cand = clip_boxes(decode_boxes(cand_loc, priors.float()[top_prior], variances)).view(n, c, k, 4)
+    # Candidates now run group by group, best first. Decode (and clip) only their boxes.
+    img = torch.div(group, c, rounding_mode="floor")
+    cand = clip_boxes(decode_boxes(loc.float().reshape(n * p, 4).index_select(0, img * p + prior),
+                                   priors.float().index_select(0, prior), variances))
+    keep = _nms_sorted_groups(cand, group, counts, cap, iou_threshold)
 
-    # NMS over every (image, class) group; groups are taken in chunks of similar candidate
-    # counts so that a few crowded groups do not pad every other group to K x K.
-    flat_boxes = cand.reshape(n * c, k, 4)
-    flat_valid = valid.reshape(n * c, k)
-    counts = flat_valid.sum(-1)
+    # The max_detections best kept boxes of each image: by score, then class, then rank.
+    kept = keep.nonzero().squeeze(1)
+    k_img, k_scores = img.index_select(0, kept), cand_scores.index_select(0, kept)
+    order = k_scores.sort(descending=True, stable=True).indices
+    order = order.index_select(0, k_img.index_select(0, order).sort(stable=True).indices)
+    kept, k_img = kept.index_select(0, order), k_img.index_select(0, order)
+    per_image = torch.bincount(k_img, minlength=n)
+    rank = torch.arange(len(kept), device=kept.device) - (torch.cumsum(per_image, 0) - per_image).index_select(0, k_img)
+    d = min(max_detections, c * cap)
+    take = (rank < d).nonzero().squeeze(1)
+    kept, k_img, rank = kept.index_select(0, take), k_img.index_select(0, take), rank.index_select(0, take)
+    out_boxes = loc.new_zeros(n, d, 4, dtype=torch.float32)
+    out_scores = loc.new_zeros(n, d, dtype=torch.float32)
+    out_labels = torch.zeros(n, d, dtype=torch.long, device=loc.device)
+    out_boxes[k_img, rank] = cand.index_select(0, kept)
+    out_scores[k_img, rank] = cand_scores.index_select(0, kept)
+    out_labels[k_img, rank] = group.index_select(0, kept) % c + 1
+    if image_sizes is not None:
+        hw = image_sizes.to(out_boxes)
+        scale = torch.stack((hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]), dim=-1).unsqueeze(1)
+        out_boxes = out_boxes * scale
+    return Detections(out_boxes, out_scores, out_labels, torch.clamp(per_image, max=d))
+
+
+_SPARSE_NMS_PAIRS = 1_000_000  # above this many same-group pairs, NMS runs on padded (G, K, K) blocks
+
+
+def _nms_sorted_groups(boxes: Tensor, group: Tensor, counts: Tensor, cap: int, iou_threshold: float) -> Tensor:
+    """Greedy NMS within groups for ``boxes (K, 4)`` that run group by group (``group`` ascending),
+    best first within a group. ``counts`` holds the candidates of every group id (before the cap
+    of ``cap`` per group). Returns the ``(K,)`` kept mask.
+
+    Few candidates per group (a trained model): the pairs of each group are listed and tested
+    once, and the fixed point iterates over the overlapping pairs only. Crowded groups: padded
+    ``(G, K, K)`` overlap blocks of groups of similar size.
+    """
+    sizes = counts.clamp(max=cap)
+    sizes = sizes[sizes > 0]
+    num_pairs = int((sizes * (sizes - 1) // 2).sum())
+    if num_pairs <= _SPARSE_NMS_PAIRS:
+        return _nms_pairs(boxes, sizes, iou_threshold)
+    # padded blocks: candidate i of group g goes to row g, column rank
+    first = torch.cumsum(sizes, 0) - sizes
+    slot = torch.repeat_interleave(torch.arange(len(sizes), device=boxes.device), sizes)
+    rank = torch.arange(len(boxes), device=boxes.device) - first.index_select(0, slot)
+    k = int(sizes.max())
+    padded = boxes.new_zeros(len(sizes), k, 4)
+    padded[slot, rank] = boxes
+    valid = torch.zeros(len(sizes), k, dtype=torch.bool, device=boxes.device)
+    valid[slot, rank] = True
+    return _nms_padded(padded, valid, iou_threshold)[slot, rank]
+
+
+def _nms_pairs(boxes: Tensor, sizes: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS over consecutive groups of ``sizes`` score-sorted boxes, pair by pair."""
+    k = len(boxes)
+    end = torch.repeat_interleave(torch.cumsum(sizes, 0), sizes)  # (K,) end of each box's group
+    idx = torch.arange(k, device=boxes.device)
+    counts = end - idx - 1  # later boxes of the same group
+    run = torch.repeat_interleave(idx, counts)  # earlier box of each pair
+    later = torch.arange(len(run), device=boxes.device) + (idx + 1 - (torch.cumsum(counts, 0) - counts)).index_select(0, run)
+    x1, y1, x2, y2 = boxes.t().contiguous()
+    area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    iw = torch.minimum(x2.index_select(0, run), x2.index_select(0, later))
+    iw.sub_(torch.maximum(x1.index_select(0, run), x1.index_select(0, later))).clamp_(min=0)
+    ih = torch.minimum(y2.index_select(0, run), y2.index_select(0, later))
+    ih.sub_(torch.maximum(y1.index_select(0, run), y1.index_select(0, later))).clamp_(min=0)
+    sums = area.index_select(0, run).add_(area.index_select(0, later))
+    over = iw.mul_(ih).mul_(1.0 + iou_threshold) > sums.mul_(iou_threshold)  # as overlap_mask
+    edge = over.nonzero().squeeze(1)
+    src, dst = run.index_select(0, edge), later.index_select(0, edge)
+    keep = torch.ones(k, dtype=torch.bool, device=boxes.device)
+    for _ in range(k + 1):  # the fixed point of the header; a few rounds in practice
+        hit = keep.index_select(0, src).view(torch.uint8)
+        suppressed = torch.zeros(k, dtype=torch.uint8, device=boxes.device).scatter_reduce_(0, dst, hit, "amax")
+        new_keep = suppressed == 0
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return keep
+
+
+def _nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS on ``(G, K, 4)`` padded groups, taken in chunks of similar candidate counts so
+    that a few crowded groups do not pad every other group to K x K."""
+    g = len(boxes)
+    counts = valid.sum(-1)
     by_count = counts.argsort(descending=True)
     sorted_counts = counts[by_count].tolist()
     neg_counts = [-v for v in sorted_counts]  # ascending, for bisect
-    keep = torch.zeros_like(flat_valid)
+    keep = torch.zeros_like(valid)
     start = 0
-    while start < n * c and sorted_counts[start] > 0:
+    while start < g and sorted_counts[start] > 0:
         kc = sorted_counts[start]
         if kc == 1:  # the remaining groups hold one candidate each: nothing to suppress
-            keep[by_count[start:], 0] = flat_valid[by_count[start:], 0]
+            keep[by_count[start:], 0] = valid[by_count[start:], 0]
             break
         # one call for the groups with more than kc/2 candidates (little padding), within
         # a bound on the (G, K, K) buffers
         similar = bisect.bisect_left(neg_counts, -(kc // 2), lo=start) - start
         size = max(1, min(similar, _NMS_CHUNK_ELEMENTS // (kc * kc)))
         idx = by_count[start:start + size]
-        keep[idx, :kc] = greedy_nms_keep(overlap_mask(flat_boxes[idx, :kc], iou_threshold), flat_valid[idx, :kc])
+        keep[idx, :kc] = greedy_nms_keep(overlap_mask(boxes[idx, :kc], iou_threshold), valid[idx, :kc])
         start += size
-    keep = keep.view(n, c, k)
-
-    kept_scores = torch.where(keep, top_scores, torch.full_like(top_scores, -1.0)).reshape(n, c * k)
-    d = min(max_detections, c * k)
-    best_scores, best = kept_scores.sort(dim=1, descending=True, stable=True)
-    best_scores, best = best_scores[:, :d], best[:, :d]  # (N, D)
-    real = best_scores >= 0
-    out_boxes = torch.gather(cand.reshape(n, c * k, 4), 1, best.unsqueeze(-1).expand(n, d, 4))
-    out_labels = best // k + 1
-    if image_sizes is not None:
-        hw = image_sizes.to(out_boxes)
-        scale = torch.stack((hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]), dim=-1).unsqueeze(1)
-        out_boxes = out_boxes * scale
-    zero = torch.zeros((), dtype=out_boxes.dtype, device=out_boxes.device)
-    return Detections(
-        torch.where(real.unsqueeze(-1), out_boxes, zero),
-        torch.where(real, best_scores, zero),
-        torch.where(real, out_labels, torch.zeros_like(out_labels)),
-        real.sum(dim=1),
-    )
+    return keep
