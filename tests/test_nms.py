@@ -175,3 +175,12 @@ def test_sparse_and_padded_nms_agree(monkeypatch):
     assert sparse.num.sum() > 50
     for a, b in zip(sparse, padded):
         assert torch.equal(a, b)
+
+
+def test_sort_by_key_then_score_is_one_stable_lexicographic_sort():
+    from multibox.nms import _sort_by_key_then_score
+
+    key = torch.tensor([2, 0, 2, 1, 0, 0, 2])
+    scores = torch.tensor([0.5, 0.25, 0.5, 1.0, 0.0, 0.75, 3e-20])
+    order = _sort_by_key_then_score(key, scores)
+    assert order.tolist() == [5, 1, 4, 3, 0, 2, 6]  # key up; score down; equal scores keep input order

@@ -241,9 +241,7 @@ def postprocess(
         prior, cand_scores = top_prior.view(-1).index_select(0, sel), top_scores.view(-1).index_select(0, sel)
     else:  # every candidate fits: take exactly the ones above the threshold
         cand_scores = row_scores[row, cls]
-        order = cand_scores.sort(descending=True, stable=True).indices
-        group = (img * c + cls).index_select(0, order)
-        order = order.index_select(0, group.sort(stable=True).indices)  # by group, then score, then prior
+        order = _sort_by_key_then_score(img * c + cls, cand_scores)  # by group, then score, then prior
         group, prior, cand_scores = (img * c + cls)[order], prior[order], cand_scores[order]
     # Candidates now run group by group, best first. Decode (and clip) only their boxes.
     img = torch.div(group, c, rounding_mode="floor")
@@ -254,8 +252,7 @@ def postprocess(
     # The max_detections best kept boxes of each image: by score, then class, then rank.
     kept = keep.nonzero().squeeze(1)
     k_img, k_scores = img.index_select(0, kept), cand_scores.index_select(0, kept)
-    order = k_scores.sort(descending=True, stable=True).indices
-    order = order.index_select(0, k_img.index_select(0, order).sort(stable=True).indices)
+    order = _sort_by_key_then_score(k_img, k_scores)
     kept, k_img = kept.index_select(0, order), k_img.index_select(0, order)
     per_image = torch.bincount(k_img, minlength=n)
     rank = torch.arange(len(kept), device=kept.device) - (torch.cumsum(per_image, 0) - per_image).index_select(0, k_img)
@@ -273,6 +270,14 @@ def postprocess(
         scale = torch.stack((hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]), dim=-1).unsqueeze(1)
         out_boxes = out_boxes * scale
     return Detections(out_boxes, out_scores, out_labels, torch.clamp(per_image, max=d))
+
+
+def _sort_by_key_then_score(key: Tensor, scores: Tensor) -> Tensor:
+    """The order that sorts by ``key`` (small non-negative integers) ascending, then by ``scores``
+    (float32, >= 0) descending, ties in input order: one stable sort of an int64 key, as the
+    bit patterns of non-negative floats order like their values."""
+    bits = scores.contiguous().view(torch.int32).to(torch.int64)
+    return torch.sort(key * 2**31 + (2**31 - 1 - bits), stable=True).indices
 
 
 _SPARSE_NMS_PAIRS = 1_000_000  # above this many same-group pairs, NMS runs on padded (G, K, K) blocks
