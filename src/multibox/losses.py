@@ -48,9 +48,10 @@ def background_loss(logits: Tensor) -> Tensor:
     without autograd: the loss by which hard negative mining ranks negatives.
 
     Computed as ``log(sum_c exp(x_c)) - log(exp(x_0))``: one ``exp`` and a matrix product that
-    sums each row and picks its column 0, in chunks that stay in cache, several times faster on CPUs than a log-softmax over
-    every class (which also writes an ``(R, C)`` result). Rows whose sum overflows or
-    underflows to zero (logits beyond about +-88) are recomputed with ``log_softmax``.
+    sums each row and picks its column 0, in chunks that stay in cache (:mod:`multibox.rowsums`),
+    about twice as fast on CPUs as a log-softmax over every class (which also writes an
+    ``(R, C)`` result). Rows whose sum overflows or underflows to zero (logits beyond about
+    +-88) are recomputed with ``log_softmax``.
     """
     weights = logits.new_zeros(logits.shape[1], 2)
     weights[:, 0] = 1.0  # sum over every class

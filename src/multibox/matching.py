@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .boxes import box_iou, check_boxes, cxcywh_to_xyxy, iou_from_coordinates
+from .ranges import concat_ranges
 
 
 class Matches(NamedTuple):
@@ -67,14 +68,6 @@ def _pair_iou(boxes: Tensor, priors_xyxy: Tensor, pair_obj: Tensor, pair_prior: 
 
 # Slack on the "prior centre inside the box" test, far above float rounding of coordinates in [0, 1].
 _CENTRE_SLACK = 1e-5
-
-
-def _runs(starts: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
-    """Lay the integer runs ``starts[r], ..., starts[r] + counts[r] - 1`` end to end without a
-    Python loop: returns the values and, for each, its run ``r``."""
-    run = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
-    shift = starts - (torch.cumsum(counts, 0) - counts)  # run start in values - run start in output
-    return torch.arange(len(run), device=counts.device) + shift.index_select(0, run), run
 
 
 class _PriorIndex(NamedTuple):
@@ -141,18 +134,18 @@ def _candidate_pairs(boxes: Tensor, priors: Tensor, min_area_ratio: float) -> tu
     slack = 1e-4  # relative, on areas: far above float32 rounding of the IoU
     first_bin = torch.searchsorted(bin_max, box_area * (min_area_ratio * (1 - slack)), right=False)
     last_bin = torch.searchsorted(bin_min, box_area * ((1 + slack) / min_area_ratio), right=True)
-    bins, box_of_bin = _runs(first_bin, (last_bin - first_bin).clamp_(min=0))  # one per (box, bin)
+    bins, box_of_bin = concat_ranges(first_bin, (last_bin - first_bin).clamp_(min=0))  # one per (box, bin)
 
     base = bins.to(torch.float64) * y_span - y0
     lo = torch.searchsorted(row_key, base + (y1 - _CENTRE_SLACK).index_select(0, box_of_bin), right=False)
     hi = torch.searchsorted(row_key, base + (y2 + _CENTRE_SLACK).index_select(0, box_of_bin), right=True)
-    rows, run = _runs(lo, (hi - lo).clamp_(min=0))  # one per (box, bin, row)
+    rows, run = concat_ranges(lo, (hi - lo).clamp_(min=0))  # one per (box, bin, row)
     box_of_row = box_of_bin.index_select(0, run)
 
     base = rows.to(torch.float64) * x_span - x0
     lo = torch.searchsorted(key, base + (x1 - _CENTRE_SLACK).index_select(0, box_of_row), right=False)
     hi = torch.searchsorted(key, base + (x2 + _CENTRE_SLACK).index_select(0, box_of_row), right=True)
-    pos, run = _runs(lo, (hi - lo).clamp_(min=0))
+    pos, run = concat_ranges(lo, (hi - lo).clamp_(min=0))
     return box_of_row.index_select(0, run), order.index_select(0, pos)
 
 
@@ -211,8 +204,8 @@ def match_priors(
     # Rule 1: a prior takes, of the objects reaching the threshold, the one it overlaps most
     # (ties: the lowest slot, as argmax over objects would). Pairs come in object order, i.e.
     # (image, slot); sorted stably by (image, prior) cell and, within a cell, by descending IoU
-    # (one float64 key, cell + (1 - IoU) / 2, which holds a float32 IoU exactly), the first hit of each
-    # cell is its winner.
+    # (one float64 key, cell + (1 - IoU) / 2, which holds a float32 IoU exactly), the first hit
+    # of each cell is its winner.
     hit = (iou >= iou_threshold).nonzero().squeeze(1)
     h_obj = pair_obj.index_select(0, hit)
     h_cell = img.index_select(0, h_obj) * p + pair_prior.index_select(0, hit)  # flat (image, prior)

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .boxes import DEFAULT_VARIANCES, box_iou, clip_boxes, decode_boxes
+from .ranges import concat_ranges
 from .rowsums import exp_row_sums
 
 
@@ -301,9 +302,7 @@ def _nms_sorted_groups(boxes: Tensor, group: Tensor, counts: Tensor, cap: int, i
     if num_pairs <= _SPARSE_NMS_PAIRS:
         return _nms_pairs(boxes, sizes, iou_threshold)
     # padded blocks: candidate i of group g goes to row g, column rank
-    first = torch.cumsum(sizes, 0) - sizes
-    slot = torch.repeat_interleave(torch.arange(len(sizes), device=boxes.device), sizes)
-    rank = torch.arange(len(boxes), device=boxes.device) - first.index_select(0, slot)
+    rank, slot = concat_ranges(torch.zeros_like(sizes), sizes)
     k = int(sizes.max())
     padded = boxes.new_zeros(len(sizes), k, 4)
     padded[slot, rank] = boxes
@@ -315,12 +314,9 @@ def _nms_sorted_groups(boxes: Tensor, group: Tensor, counts: Tensor, cap: int, i
 def _nms_pairs(boxes: Tensor, sizes: Tensor, iou_threshold: float) -> Tensor:
     """Greedy NMS over consecutive groups of ``sizes`` score-sorted boxes, pair by pair."""
     k = len(boxes)
-    i32 = dict(dtype=torch.int32, device=boxes.device)  # pair indices in int32: half the memory traffic
     end = torch.repeat_interleave(torch.cumsum(sizes, 0, dtype=torch.int32), sizes)  # (K,) end of each box's group
-    idx = torch.arange(k, **i32)
-    counts = end - idx - 1  # later boxes of the same group
-    run = torch.repeat_interleave(idx, counts.long())  # earlier box of each pair
-    later = torch.arange(len(run), **i32) + (idx + 1 - (torch.cumsum(counts, 0, dtype=torch.int32) - counts)).index_select(0, run)
+    idx = torch.arange(k, dtype=torch.int32, device=boxes.device)  # int32 pair indices: half the traffic
+    later, run = concat_ranges(idx + 1, end - idx - 1)  # every pair (earlier run, later) of one group
     x1, y1, x2, y2 = boxes.t().contiguous()
     area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
     iw = torch.minimum(x2.index_select(0, run), x2.index_select(0, later))
