@@ -184,3 +184,36 @@ def test_sort_by_key_then_score_is_one_stable_lexicographic_sort():
     scores = torch.tensor([0.5, 0.25, 0.5, 1.0, 0.0, 0.75, 3e-20])
     order = _sort_by_key_then_score(key, scores)
     assert order.tolist() == [5, 1, 4, 3, 0, 2, 6]  # key up; score down; equal scores keep input order
+
+
+def test_pair_nms_area_filter_keeps_pairs_at_the_area_ratio_bound():
+    """The pair path lists only boxes whose areas are within 1/t of each other (IoU cannot
+    exceed the area ratio). Nested boxes have IoU = area ratio exactly, so boxes just above,
+    at and just below t (and zero-area boxes) must come out as the textbook loop says."""
+    from multibox.nms import _nms_pairs
+
+    t = 0.45
+    g = torch.Generator().manual_seed(7)
+    boxes, group = [], []
+    for gi in range(40):
+        # an outer box and inner boxes whose area ratio to it straddles t
+        cx, cy = torch.rand(2, generator=g) * 0.5 + 0.25
+        outer = torch.tensor([cx - 0.2, cy - 0.2, cx + 0.2, cy + 0.2])
+        ratios = t + torch.tensor([-1e-3, -1e-6, 0.0, 1e-6, 1e-3]) + torch.randn(5, generator=g) * 1e-6
+        members = [outer]
+        for r in ratios[torch.randperm(5, generator=g)]:
+            half = 0.2 * float(r) ** 0.5
+            members.append(torch.tensor([cx - half, cy - half, cx + half, cy + half]))
+        members.append(torch.tensor([cx, cy, cx, cy + 0.1]))  # zero area
+        order = torch.randperm(len(members), generator=g)  # score order within the group
+        boxes += [members[i] for i in order.tolist()]
+        group += [gi] * len(members)
+    boxes, group = torch.stack(boxes).float(), torch.tensor(group)
+    keep = _nms_pairs(boxes, group, t)
+    expected = torch.zeros(len(boxes), dtype=torch.bool)
+    for gi in range(40):
+        idx = (group == gi).nonzero().squeeze(1)
+        kept = reference_nms(boxes[idx], -torch.arange(len(idx), dtype=torch.float32), t)
+        expected[idx[kept]] = True
+    assert 0 < int((~expected).sum()) < len(boxes)  # some suppressed, not all
+    assert torch.equal(keep, expected)
