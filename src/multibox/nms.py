@@ -135,17 +135,19 @@ def _candidate_rows(logits: Tensor, score_type: str, threshold: float) -> tuple[
     if threshold <= 0:
         maybe = torch.ones(n * p, dtype=torch.bool, device=logits.device)
     elif score_type == "softmax":
-        # sum_{c>0} exp(l_c) > t exp(l_0) is necessary (the sum is at least the largest term);
-        # rows where exp overflows (inf, or NaN from inf * 0 in the product), or whose exp(l_0)
-        # is so small that a passing exp(l_c) could underflow, are kept (exact scores follow
-        # for every kept row).
-        weights = flat.new_zeros(k, 2)
-        weights[1:, 0] = 1.0  # sum over the foreground classes
-        weights[0, 1] = 1.0  # exp of the background logit
-        sums = exp_row_sums(flat, weights)
-        fg, bg = sums[:, 0], sums[:, 1]
-        tiny = math.exp(-87.0 - math.log(threshold) + 1.0)
-        maybe = ~(fg <= bg * (threshold * 0.999)) | (bg < tiny) | (bg == math.inf)  # NaN (inf * 0): kept
+        # sum_{c>0} exp(l_c) - t exp(l_0) > 0 is necessary (the sum is at least the largest
+        # term): one weighted row sum of exp(logits). Rows where that cannot be trusted are kept:
+        # NaN (inf - inf) by the test itself; a background logit so large that its exp
+        # overflows, or so small that a passing exp(l_c) could underflow, by a test on l_0 that
+        # only runs when the batch has such a row. Exact scores follow for every kept row.
+        weights = flat.new_ones(k, 1)
+        weights[0] = -threshold * 0.999  # the margin absorbs exp rounding
+        maybe = ~(exp_row_sums(flat, weights).squeeze(1) <= 0)
+        l0 = flat[:, 0]
+        lo, hi = -85.0 - math.log(threshold), 88.0
+        l0_min, l0_max = torch.aminmax(l0)
+        if not (bool(l0_min >= lo) and bool(l0_max <= hi)):  # NaN fails both
+            maybe |= ~((l0 >= lo) & (l0 <= hi))
     elif threshold >= 1:
         maybe = torch.zeros(n * p, dtype=torch.bool, device=logits.device)
     else:
@@ -153,7 +155,7 @@ def _candidate_rows(logits: Tensor, score_type: str, threshold: float) -> tuple[
     rows = torch.nonzero(maybe).squeeze(1)
     if rows.numel() == n * p:  # e.g. an untrained model: no row can be ruled out
         return rows, _class_scores(flat, score_type)
-    return rows, _class_scores(flat[rows], score_type)
+    return rows, _class_scores(flat.index_select(0, rows), score_type)
 
 
 class Detections(NamedTuple):
