@@ -225,9 +225,10 @@ def postprocess(
     c = row_scores.shape[-1]
     flat = torch.nonzero((row_scores > score_threshold).view(-1)).squeeze(1)  # ascending (row, class)
     row, cls = torch.div(flat, c, rounding_mode="floor"), flat % c
-    flat_prior = rows[row]
+    flat_prior = rows.index_select(0, row)
     img, prior = torch.div(flat_prior, p, rounding_mode="floor"), flat_prior % p  # ascending (image, prior, class)
-    counts = torch.bincount(img * c + cls, minlength=n * c)  # (N*C,)
+    gid = img * c + cls  # (image, class) group id
+    counts = torch.bincount(gid, minlength=n * c)  # (N*C,)
     k = int(counts.max()) if counts.numel() else 0
     cap = k if candidates_per_class is None else min(k, candidates_per_class)
     if k == 0:
@@ -247,8 +248,8 @@ def postprocess(
         prior, cand_scores = top_prior.view(-1).index_select(0, sel), top_scores.view(-1).index_select(0, sel)
     else:  # every candidate fits: take exactly the ones above the threshold
         cand_scores = row_scores[row, cls]
-        order = _sort_by_key_then_score(img * c + cls, cand_scores)  # by group, then score, then prior
-        group, prior, cand_scores = (img * c + cls)[order], prior[order], cand_scores[order]
+        order = _sort_by_key_then_score(gid, cand_scores)  # by group, then score, then prior
+        group, prior, cand_scores = gid.index_select(0, order), prior.index_select(0, order), cand_scores.index_select(0, order)
     # Candidates now run group by group, best first. Decode (and clip) only their boxes.
     img = torch.div(group, c, rounding_mode="floor")
     cand = clip_boxes(decode_boxes(loc.float().reshape(n * p, 4).index_select(0, img * p + prior),
@@ -263,8 +264,9 @@ def postprocess(
     per_image = torch.bincount(k_img, minlength=n)
     rank = torch.arange(len(kept), device=kept.device) - (torch.cumsum(per_image, 0) - per_image).index_select(0, k_img)
     d = min(max_detections, c * cap)
-    take = (rank < d).nonzero().squeeze(1)
-    kept, k_img, rank = kept.index_select(0, take), k_img.index_select(0, take), rank.index_select(0, take)
+    if int(per_image.max()) > d:  # some image kept more than d boxes: drop its worst
+        take = (rank < d).nonzero().squeeze(1)
+        kept, k_img, rank = kept.index_select(0, take), k_img.index_select(0, take), rank.index_select(0, take)
     out_boxes = loc.new_zeros(n, d, 4, dtype=torch.float32)
     out_scores = loc.new_zeros(n, d, dtype=torch.float32)
     out_labels = torch.zeros(n, d, dtype=torch.long, device=loc.device)
@@ -299,10 +301,9 @@ def _nms_sorted_groups(boxes: Tensor, group: Tensor, counts: Tensor, cap: int, i
     ``(G, K, K)`` overlap blocks of groups of similar size.
     """
     sizes = counts.clamp(max=cap)
-    sizes = sizes[sizes > 0]
-    num_pairs = int((sizes * (sizes - 1) // 2).sum())
-    if num_pairs <= _SPARSE_NMS_PAIRS:
+    if int((sizes * (sizes - 1)).sum()) // 2 <= _SPARSE_NMS_PAIRS:
         return _nms_pairs(boxes, group, iou_threshold)
+    sizes = sizes[sizes > 0]
     # padded blocks: candidate i of group g goes to row g, column rank
     rank, slot = concat_ranges(torch.zeros_like(sizes), sizes)
     k = int(sizes.max())
@@ -330,13 +331,11 @@ def _nms_pairs(boxes: Tensor, group: Tensor, iou_threshold: float) -> Tensor:
     # exactly in floats).
     base = group * 2**31
     key, by_area = torch.sort(base + area.view(torch.int32))
-    by_area = by_area.to(torch.int32)
     top = base.index_select(0, by_area) + (area.index_select(0, by_area) * ((1 + 1e-5) / iou_threshold)).view(torch.int32)
-    pos = torch.arange(k, dtype=torch.int32, device=dev)
-    other, first = concat_ranges(pos + 1, torch.searchsorted(key, top, right=True, out_int32=True) - pos - 1)
+    pos = torch.arange(k, device=dev)  # int64 throughout: index_select is about 2x slower with int32 indices
+    other, first = concat_ranges(pos + 1, torch.searchsorted(key, top, right=True) - pos - 1)
     a, b = by_area.index_select(0, first), by_area.index_select(0, other)  # pairs, in area order
-    # earlier (better-scored) box first; int64, as index_select is about 2x slower with int32 indices
-    run, later = torch.minimum(a, b).long(), torch.maximum(a, b).long()
+    run, later = torch.minimum(a, b), torch.maximum(a, b)  # earlier (better-scored) box first
     iw = torch.minimum(x2.index_select(0, run), x2.index_select(0, later))
     iw.sub_(torch.maximum(x1.index_select(0, run), x1.index_select(0, later))).clamp_(min=0)
     ih = torch.minimum(y2.index_select(0, run), y2.index_select(0, later))
