@@ -331,19 +331,20 @@ def _nms_pairs(boxes: Tensor, group: Tensor, iou_threshold: float) -> Tensor:
     # exactly in floats).
     base = group * 2**31
     key, by_area = torch.sort(base + area.view(torch.int32))
-    top = base.index_select(0, by_area) + (area.index_select(0, by_area) * ((1 + 1e-5) / iou_threshold)).view(torch.int32)
+    # from here on boxes are in that order; overlapping pairs go back to score order at the end
+    sx1, sy1, sx2, sy2, sarea = (v.index_select(0, by_area) for v in (x1, y1, x2, y2, area))
+    top = key - sarea.view(torch.int32) + (sarea * ((1 + 1e-5) / iou_threshold)).view(torch.int32)
     pos = torch.arange(k, device=dev)  # int64 throughout: index_select is about 2x slower with int32 indices
     other, first = concat_ranges(pos + 1, torch.searchsorted(key, top, right=True) - pos - 1)
-    a, b = by_area.index_select(0, first), by_area.index_select(0, other)  # pairs, in area order
-    run, later = torch.minimum(a, b), torch.maximum(a, b)  # earlier (better-scored) box first
-    iw = torch.minimum(x2.index_select(0, run), x2.index_select(0, later))
-    iw.sub_(torch.maximum(x1.index_select(0, run), x1.index_select(0, later))).clamp_(min=0)
-    ih = torch.minimum(y2.index_select(0, run), y2.index_select(0, later))
-    ih.sub_(torch.maximum(y1.index_select(0, run), y1.index_select(0, later))).clamp_(min=0)
-    sums = area.index_select(0, run).add_(area.index_select(0, later))
+    iw = torch.minimum(sx2.index_select(0, first), sx2.index_select(0, other))
+    iw.sub_(torch.maximum(sx1.index_select(0, first), sx1.index_select(0, other))).clamp_(min=0)
+    ih = torch.minimum(sy2.index_select(0, first), sy2.index_select(0, other))
+    ih.sub_(torch.maximum(sy1.index_select(0, first), sy1.index_select(0, other))).clamp_(min=0)
+    sums = sarea.index_select(0, first).add_(sarea.index_select(0, other))
     over = iw.mul_(ih).mul_(1.0 + iou_threshold) > sums.mul_(iou_threshold)  # as overlap_mask
     edge = over.nonzero().squeeze(1)
-    src, dst = run.index_select(0, edge), later.index_select(0, edge)
+    a, b = by_area.index_select(0, first.index_select(0, edge)), by_area.index_select(0, other.index_select(0, edge))
+    src, dst = torch.minimum(a, b), torch.maximum(a, b)  # the earlier (better-scored) box first
     keep = torch.ones(k, dtype=torch.bool, device=dev)
     for _ in range(k + 1):  # the fixed point of the header; a few rounds in practice
         hit = keep.index_select(0, src).view(torch.uint8)
