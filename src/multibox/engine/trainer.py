@@ -140,9 +140,7 @@ class Trainer:
 
         priors = self.model.priors
         self.loss_fn = (MultiBoxLoss(priors) if self.model.score_type == "softmax" else FocalLoss(priors)).to(self.device)
-        # fused: one kernel for every parameter (about half the time of the per-tensor loop on a CPU)
-        self.optimizer = torch.optim.SGD(param_groups(self.model, t.weight_decay), lr=t.lr, momentum=t.momentum,
-                                         fused=self.device.type in ("cpu", "cuda"))
+        self.optimizer = torch.optim.SGD(param_groups(self.model, t.weight_decay), lr=t.lr, momentum=t.momentum)
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
                     if self.world > 1 else None)
 
@@ -239,7 +237,7 @@ class Trainer:
         else:
             loss.backward()
         if t.clip_grad:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad, foreach=True)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.clip_grad)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
