@@ -19,6 +19,8 @@ import warnings
 import numpy as np
 import torch
 
+from multibox.memory import keep_freed_memory
+
 from . import baselines
 
 ROWS: list[dict] = []
@@ -325,6 +327,8 @@ def main() -> None:
         os.environ["MULTIBOX_DATA"] = a.data
     warnings.simplefilter("ignore")
     torch.set_num_threads(os.cpu_count() or 1)
+    # as the command line and the trainer do; it applies to both sides of every comparison
+    print(f"malloc keeps freed memory (multibox.memory): {keep_freed_memory()}")
     start = time.perf_counter()
     machine = f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     print(f"multibox benchmarks on {machine}")

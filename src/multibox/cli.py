@@ -18,6 +18,8 @@ import sys
 import time
 import warnings
 
+from .memory import keep_freed_memory
+
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import create_model, list_models
@@ -310,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
+    keep_freed_memory()  # large tensors reuse freed memory instead of fresh pages (see multibox.memory)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError) as e:

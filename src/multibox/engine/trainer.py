@@ -38,6 +38,7 @@ from ..data.base import DetectionDataset
 from ..data.loader import make_loader
 from ..data.transforms import SSDTransform
 from ..losses import FocalLoss, MultiBoxLoss
+from ..memory import keep_freed_memory
 from ..models import SSD, create_model
 from ..models.layers import cpu_has_fast_bf16
 from .checkpoint import atomic_save, load_checkpoint
@@ -88,6 +89,7 @@ class Trainer:
                  progress: bool = True) -> None:
         self.cfg = cfg
         t = cfg.train
+        keep_freed_memory()  # see multibox.memory: 5-10% faster steps on a CPU
         self.rank, self.world = _distributed()
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
