@@ -17,13 +17,14 @@ def _single_object(rng):
     return s
 
 
+@pytest.mark.parametrize("vflip", [0.0, 0.5])
 @pytest.mark.parametrize("seed", range(12))
-def test_boxes_stay_on_their_objects(seed):
+def test_boxes_stay_on_their_objects(seed, vflip):
     """One solid rectangle per image: after any zoom-out/crop/flip/resize the box must be
     covered by the object's colour and hold (nearly) all of that colour."""
     rng = np.random.default_rng(seed)
     t = SSDTransform((96, 96), train=True, fill=(128, 128, 128),
-                     config=AugmentConfig(photometric=False), seed=seed)
+                     config=AugmentConfig(photometric=False, vflip_prob=vflip), seed=seed)
     for index in range(8):
         s = _single_object(rng)
         color = COLORS[int(s["labels"][0]) - 1]
@@ -97,3 +98,25 @@ def test_collate_of_images_without_objects():
     s["boxes"], s["labels"], s["difficult"] = np.zeros((0, 4), np.float32), np.zeros(0, int), np.zeros(0, bool)
     batch = collate([SSDTransform((32, 32), train=True)(s, 0)])
     assert batch["boxes"].shape == (1, 0, 4) and batch["labels"].shape == (1, 0)
+
+
+def test_vertical_flip_mirrors_image_and_boxes_exactly():
+    rng = np.random.default_rng(5)
+    s = _sample(rng, 3)
+    plain = AugmentConfig(expand_prob=0, crop=False, flip_prob=0, photometric=False)
+    flipped = AugmentConfig(expand_prob=0, crop=False, flip_prob=0, photometric=False, vflip_prob=1.0)
+    a = SSDTransform((60, 80), train=True, config=plain)(s, 0)
+    b = SSDTransform((60, 80), train=True, config=flipped)(s, 0)
+    # the image itself: test_boxes_stay_on_their_objects checks boxes against pixels with vflip
+    expected = a["boxes"][:, [0, 3, 2, 1]] * torch.tensor([1.0, -1.0, 1.0, -1.0]) + torch.tensor([0.0, 1.0, 0.0, 1.0])
+    torch.testing.assert_close(b["boxes"], expected)
+    assert torch.equal(b["labels"], a["labels"])
+
+
+def test_vertical_flip_off_keeps_every_other_draw():
+    """vflip_prob=0 draws nothing, so existing settings produce the same samples as before it existed."""
+    rng = np.random.default_rng(6)
+    s = _sample(rng, 3)
+    a = SSDTransform((64, 64), train=True, seed=1)(s, 3)
+    b = SSDTransform((64, 64), train=True, seed=1, config=AugmentConfig(vflip_prob=0.0))(s, 3)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["boxes"], b["boxes"])

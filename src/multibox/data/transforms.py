@@ -8,7 +8,8 @@ Training samples go through, in order:
    0.7, 0.9, any}; crops of 0.3-1 of each side with aspect ratio in [1/2, 2] are
    tried until one overlaps some object by at least the minimum IoU; the
    objects whose centres fall inside are kept and clipped to it;
-3. **horizontal flip** (p = 0.5);
+3. **horizontal flip** (p = 0.5) and, off by default, **vertical flip** (``vflip_prob``:
+   for data without an up, such as microscopy or aerial images);
 4. **resize** to the network input;
 5. **photometric distortion**: brightness, contrast, saturation, hue (each p = 0.5,
    contrast before or after the HSV steps) and a random channel order (p = 0.5).
@@ -44,6 +45,7 @@ class AugmentConfig:
     crop_trials: int = 50
     min_crop_scale: float = 0.3
     flip_prob: float = 0.5
+    vflip_prob: float = 0.0  # vertical flip; drawn only when > 0, so other settings keep their draws
     photometric: bool = True
     brightness: float = 32.0
     contrast: tuple = (0.5, 1.5)
@@ -147,10 +149,12 @@ class SSDTransform:
             win, keep = np.array([0.0, 0.0, cw, ch]), np.ones(len(boxes), dtype=bool)
         sx, sy = out_w / (win[2] - win[0]), out_h / (win[3] - win[1])
         flip = self.train and rng.random() < cfg.flip_prob
-        # x_out = sx * (x + left - win_x1), optionally mirrored: out_w - x_out
+        # x_out = sx * (x + left - win_x1), optionally mirrored: out_w - x_out (y likewise)
         m = np.array([[sx, 0.0, sx * (left - win[0])], [0.0, sy, sy * (top - win[1])]])
         if flip:
             m[0] = [-sx, 0.0, out_w - sx * (left - win[0])]
+        if self.train and cfg.vflip_prob > 0 and rng.random() < cfg.vflip_prob:
+            m[1] = [0.0, -sy, out_h - sy * (top - win[1])]
         return m, keep, flip
 
     def __call__(self, sample: dict, index: int = 0) -> dict:
@@ -168,8 +172,10 @@ class SSDTransform:
         b = boxes[keep]
         x = b[:, [0, 2]] * m[0, 0] + m[0, 2]
         y = b[:, [1, 3]] * m[1, 1] + m[1, 2]
-        if flip:
+        if m[0, 0] < 0:  # mirrored: the left edge comes from x2
             x = x[:, ::-1]
+        if m[1, 1] < 0:
+            y = y[:, ::-1]
         nb = np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1) if len(b) else np.zeros((0, 4))
         nb = np.clip(nb, 0, [out_w, out_h, out_w, out_h]) / np.array([out_w, out_h, out_w, out_h])
         labels = sample["labels"][keep]
