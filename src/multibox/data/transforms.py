@@ -162,7 +162,7 @@ class SSDTransform:
         h, w = img.shape[:2]
         boxes = sample["boxes"].astype(np.float64).reshape(-1, 4)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        m, keep, flip = self.geometry(rng, w, h, boxes)
+        m, keep, _ = self.geometry(rng, w, h, boxes)
         out_h, out_w = self.size
         if not self.train:
             out = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
