@@ -17,7 +17,6 @@ from multibox.config import load_config
 from multibox.data.build import load_split
 from multibox.data.transforms import SSDTransform, collate
 from multibox.engine.trainer import Trainer
-from multibox.memory import keep_freed_memory
 
 
 def train_rate(preset_overrides: list[str], steps: int) -> float:
@@ -52,7 +51,6 @@ def main() -> None:
         os.environ["MULTIBOX_DATA"] = a.data
     warnings.simplefilter("ignore")
     torch.set_num_threads(os.cpu_count() or 1)
-    keep_freed_memory()  # as multibox train does (its Trainer calls it too)
     rows = [
         ("ssdlite_effl0 320px, demo settings (batch 8)", train_rate([], a.steps)),
         ("ssd300_vgg16, batch 8", train_rate(["model.name=ssd300_vgg16", "model.kwargs={}", "model.freeze=0",

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 import textwrap
@@ -42,8 +43,6 @@ def test_keep_freed_memory_stops_page_faults_on_reused_blocks():
 
 
 def test_keep_freed_memory_can_be_turned_off():
-    import os
-
     env = dict(os.environ, MULTIBOX_KEEP_FREED_MEMORY="0")
     plain, kept, applied, _ = _probe(env)
     assert not applied

@@ -100,7 +100,7 @@ def test_collate_of_images_without_objects():
     assert batch["boxes"].shape == (1, 0, 4) and batch["labels"].shape == (1, 0)
 
 
-def test_vertical_flip_mirrors_image_and_boxes_exactly():
+def test_vertical_flip_mirrors_boxes_exactly():
     rng = np.random.default_rng(5)
     s = _sample(rng, 3)
     plain = AugmentConfig(expand_prob=0, crop=False, flip_prob=0, photometric=False)

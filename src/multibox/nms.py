@@ -10,8 +10,8 @@ and iterating that rule from "keep everything" reaches it; after ``t`` rounds th
 first ``t`` boxes are final, and in practice a handful of rounds suffice because
 suppression chains are short. Each round is one batched tensor operation over
 every (image, class) group, so there is no Python loop over boxes, classes or
-images. Post-processing lists the same-group pairs and iterates over the
-overlapping ones when groups are small (a trained model), and uses padded
+images. Post-processing lists the same-group pairs that can overlap (similar areas) and
+iterates over the overlapping ones when groups are small (a trained model), and uses padded
 ``(G, K, K)`` overlap blocks when they are crowded (an untrained model). The
 result is identical to the textbook loop (tests check this).
 """

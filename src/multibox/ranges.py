@@ -12,7 +12,7 @@ from torch import Tensor
 
 def concat_ranges(starts: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
     """The ranges ``starts[r] .. starts[r] + counts[r] - 1`` end to end, and for each value its
-    range ``r``; both in the dtype of ``starts`` (int32 halves the memory traffic of long lists)."""
+    range ``r``; both in the dtype of ``starts``."""
     dtype, device = starts.dtype, starts.device
     run = torch.repeat_interleave(torch.arange(len(counts), dtype=dtype, device=device), counts.long())
     shift = starts - (torch.cumsum(counts, 0, dtype=dtype) - counts)  # range start in values - in output

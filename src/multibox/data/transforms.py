@@ -133,7 +133,8 @@ class SSDTransform:
         self.epoch = epoch
 
     def geometry(self, rng: np.random.Generator, width: int, height: int, boxes: np.ndarray):
-        """The affine map (2x3) from original pixels to output pixels, and which boxes survive."""
+        """The affine map (2x3) from original pixels to output pixels (a negative diagonal entry
+        mirrors that axis), and which boxes survive."""
         cfg = self.cfg
         out_h, out_w = self.size
         left = top = 0.0
@@ -155,14 +156,14 @@ class SSDTransform:
             m[0] = [-sx, 0.0, out_w - sx * (left - win[0])]
         if self.train and cfg.vflip_prob > 0 and rng.random() < cfg.vflip_prob:
             m[1] = [0.0, -sy, out_h - sy * (top - win[1])]
-        return m, keep, flip
+        return m, keep
 
     def __call__(self, sample: dict, index: int = 0) -> dict:
         img = sample["image"]
         h, w = img.shape[:2]
         boxes = sample["boxes"].astype(np.float64).reshape(-1, 4)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        m, keep, _ = self.geometry(rng, w, h, boxes)
+        m, keep = self.geometry(rng, w, h, boxes)
         out_h, out_w = self.size
         if not self.train:
             out = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
