@@ -168,7 +168,12 @@ class SSDTransform:
         if not self.train:
             out = cv2.resize(img, (out_w, out_h), interpolation=cv2.INTER_LINEAR)
         else:
-            out = cv2.warpAffine(img, m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+            # m maps continuous coordinates (pixel i covers [i, i+1)); warpAffine works on pixel
+            # indices (centres at integers): u = i + 0.5 turns the translation b into b + 0.5 a - 0.5
+            mi = m.copy()
+            mi[0, 2] += 0.5 * m[0, 0] - 0.5
+            mi[1, 2] += 0.5 * m[1, 1] - 0.5
+            out = cv2.warpAffine(img, mi, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                  borderValue=self.fill)
         b = boxes[keep]
         x = b[:, [0, 2]] * m[0, 0] + m[0, 2]
