@@ -35,6 +35,12 @@ def test_train_val_and_evaluate_commands(shapes, tmp_path, capsys):
     rc = main(["val", "--checkpoint", str(out / "last.pt"), "--data", str(shapes / "shapes"),
                "--split", "train", "--out", str(tmp_path / "val"), "--draw", "1"])
     assert rc == 0 and (tmp_path / "val" / "metrics.json").exists()
+    rc = main(["val", "--checkpoint", str(out / "last.pt"), "--data", str(shapes / "shapes"),
+               "--split", "train", "--out", str(tmp_path / "val_tta"), "--draw", "0", "--tta", "hflip"])
+    assert rc == 0
+    plain = json.loads((tmp_path / "val" / "metrics.json").read_text())
+    mirrored = json.loads((tmp_path / "val_tta" / "metrics.json").read_text())
+    assert plain["per_class"] != mirrored["per_class"]  # other scores, so other detections
 
 
 def test_clear_errors_for_bad_arguments(tmp_path, capsys):

@@ -137,3 +137,18 @@ def test_export_cli_torch_export(tmp_path):
     assert main(["export", ckpt, "--format", "torch-export", "--out", str(tmp_path / "m.pt2")]) == 0
     program = torch.export.load(str(tmp_path / "m.pt2"))
     assert program.module()(torch.zeros(1, 3, 160, 160))[1].shape[-1] == 4
+
+
+def test_onnx_export_carries_test_time_mirroring(tmp_path):
+    """A model with tta set exports its mirrored views into the graph: ONNX Runtime gives the
+    detector's predictions, which differ from the single view's."""
+    det = Detector.from_checkpoint(make_checkpoint(tmp_path / "m.pt", seed=3, tta="hflip"))
+    assert det.model.postprocess_config.tta == "hflip"
+    onnx_det = OnnxDetector(export_onnx(det.model, tmp_path / "m.onnx", det.class_names))
+    ims = images(2, seed=11)
+    ref = det.predict(ims, batch_size=2)
+    assert_same(ref, onnx_det.predict(ims, batch_size=2))
+    det.tta = "none"
+    single = det.predict(ims, batch_size=2)
+    assert any(len(a) != len(b) or not np.allclose(np.sort(a.scores)[-5:], np.sort(b.scores)[-5:], atol=1e-3)
+               for a, b in zip(ref, single))

@@ -123,3 +123,18 @@ def test_predict_cli_with_checkpoint_and_onnx(tmp_path, capsys):
     assert len(a) == len(b)
     assert main(["predict", ckpt, str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_predict_cli_test_time_mirroring(tmp_path, capsys):
+    ckpt = make_checkpoint(tmp_path / "m.pt")
+    write_images(tmp_path / "in", 2)
+    runs = {}
+    for mode in ("none", "hvflip"):
+        assert main(["predict", ckpt, str(tmp_path / "in"), "--out", str(tmp_path / mode), "--conf", "0.2",
+                     "--tta", mode]) == 0
+        runs[mode] = json.loads((tmp_path / mode / "detections.json").read_text())
+    assert runs["none"] and runs["hvflip"] and runs["none"] != runs["hvflip"]
+    assert main(["export", ckpt, "--out", str(tmp_path / "m.onnx")]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "in"), "--tta", "hflip"]) == 2
+    assert "--tta applies to checkpoints" in capsys.readouterr().err

@@ -147,6 +147,8 @@ def _cmd_val(args: argparse.Namespace) -> int:
     if cfg.data.format == "coco" and ckpt.get("category_ids"):
         dataset.category_ids = list(ckpt["category_ids"])
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"val_{split}")
+    if args.tta:
+        model.postprocess_config.tta = args.tta
     report = write_report(model, dataset, out, device=args.device, draw=args.draw)
     print(report.table())
     print(f"wrote metrics.json, metrics.txt, pr_curves/ and predictions/ to {out}")
@@ -158,6 +160,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files
 
     det = Detector.from_checkpoint(args.model, device=args.device)
+    if args.tta:
+        if not isinstance(det, Detector):
+            raise ValueError(f"{args.model}: --tta applies to checkpoints; an ONNX export runs the mirroring "
+                             "its model was exported with (set model.kwargs.tta before exporting)")
+        det.tta = args.tta
     summary = predict_files(det, args.sources, args.out, conf=args.conf, iou=args.iou, max_det=args.max_det,
                             batch_size=args.batch_size, draw=not args.no_draw, save_txt=not args.no_txt)
     print(summary.table())
@@ -253,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: beside the checkpoint)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--draw", type=int, default=24)
+    p.add_argument("--tta", choices=("none", "hflip", "hvflip"),
+                   help="test-time mirroring (default: the checkpoint's model setting)")
     p.set_defaults(func=_cmd_val)
 
     p = sub.add_parser("evaluate", help="metrics of a COCO results file against COCO ground truth")
@@ -272,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-draw", action="store_true", help="do not write pictures")
     p.add_argument("--no-txt", action="store_true", help="do not write per-image text files")
+    p.add_argument("--tta", choices=("none", "hflip", "hvflip"),
+                   help="average over mirrored views (default: the checkpoint's model setting)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("show", help="draw a dataset's ground truth (after augmentation, beside predictions)")

@@ -74,7 +74,7 @@ class ExportableSSD(nn.Module):
 
     def forward(self, images: Tensor, score_threshold: Tensor, iou_threshold: Tensor):
         m = self.model
-        loc, logits = m(images)
+        loc, logits = m.forward_tta(images)  # with the model's test-time mirroring, if it has one
         if m.score_type == "softmax":
             scores = torch.softmax(logits.float(), dim=-1)[..., 1:]
         else:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from ..boxes import DEFAULT_VARIANCES
 from ..nms import Detections, postprocess
 from ..priors import FeatureMapPriors, make_priors
+from ..tta import TTA_MODES, check_tta, merge_views, mirror_images, mirror_partners
 from .heads import SSDHead
 
 
@@ -32,6 +33,7 @@ class PostprocessConfig:
     iou_threshold: float = 0.45
     max_detections: int = 200
     candidates_per_class: int | None = 400
+    tta: str = "none"  # test-time mirroring: none | hflip | hvflip (see multibox.tta)
 
 
 class SSD(nn.Module):
@@ -167,11 +169,13 @@ class SSD(nn.Module):
         score_threshold: float | None = None,
         iou_threshold: float | None = None,
         max_detections: int | None = None,
+        tta: str | None = None,
     ) -> Detections:
         """Detections for a batch; boxes in pixels of ``image_sizes`` ``(N, 2)`` (h, w) if given,
-        else in pixels of the network input."""
+        else in pixels of the network input. ``tta`` (default: the model's
+        ``postprocess_config.tta``) averages predictions over mirrored views."""
         cfg = self.postprocess_config
-        loc, logits = self(images)
+        loc, logits = self.forward_tta(images, tta)
         if image_sizes is None:
             image_sizes = torch.tensor([images.shape[-2:]], device=images.device).expand(images.shape[0], 2)
         return postprocess(
@@ -186,3 +190,17 @@ class SSD(nn.Module):
             image_sizes=image_sizes,
             variances=self.variances,
         )
+
+    def forward_tta(self, images: Tensor, tta: str | None = None) -> tuple[Tensor, Tensor]:
+        """The forward pass, averaged over mirrored views when ``tta`` (default: the model's
+        ``postprocess_config.tta``) asks for them (see :mod:`multibox.tta`)."""
+        mode = check_tta(self.postprocess_config.tta if tta is None else tta)
+        loc, logits = self(images)
+        if mode == "none":
+            return loc, logits
+        flips = TTA_MODES[mode]
+        views, partners = [(loc, logits)], [None]
+        for h, v in flips:
+            views.append(self(mirror_images(images, h, v)))
+            partners.append(mirror_partners(self.prior_maps, h, v).to(images.device))
+        return merge_views(views, partners, [(False, False), *flips], self.priors, self.score_type, self.variances)

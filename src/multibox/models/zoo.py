@@ -27,6 +27,7 @@ from .efficientnet import IMAGE_STD as LITE0_STD
 from .efficientnet import EfficientNetLite0, load_lite0_weights
 from .heads import SSD300_EXTRAS, SSD512_EXTRAS, SSDHead, lite_extra_layers, ssd_extra_layers
 from .resnet import ResNet, load_resnet_weights
+from ..tta import check_tta
 from .ssd import SSD, PostprocessConfig
 from .vgg import VGG16Reduced, convert_vgg16_imagenet
 from .weights import read_state_dict
@@ -65,9 +66,10 @@ def _class_bias(score_type: str, prior: float = 0.01) -> float | None:
 
 def _postprocess(kwargs: dict) -> PostprocessConfig:
     cfg = PostprocessConfig()
-    for k in ("score_threshold", "iou_threshold", "max_detections", "candidates_per_class"):
+    for k in ("score_threshold", "iou_threshold", "max_detections", "candidates_per_class", "tta"):
         if k in kwargs:
             setattr(cfg, k, kwargs.pop(k))
+    check_tta(cfg.tta)
     return cfg
 
 

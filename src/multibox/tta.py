@@ -1,0 +1,104 @@
+"""Test-time augmentation by mirroring.
+
+The detector also runs on mirrored copies of the batch. Mirroring maps the prior grid
+onto itself: the prior in row r, column c (shape a) of a map with ``cols`` columns sees,
+in the horizontally mirrored image, what the prior in column ``cols - 1 - c`` (same row,
+same shape) sees in the original. So every prior gets one prediction per view: its own,
+and its partner's on each mirrored view, whose decoded box is mirrored back. The views
+are averaged per prior (decoded boxes, and class probabilities), re-encoded against the
+prior, and handed to the usual post-processing, which never knows the difference.
+
+Averaging probabilities rather than merging boxes after NMS steadies the scores, which
+rank the detections that average precision is computed from.
+
+Modes: ``"none"``, ``"hflip"`` (2 views) and ``"hvflip"`` (4 views: as is, mirrored
+left-right, top-bottom, both), for data with no up or down such as microscopy or aerial
+images. Inference costs grow with the number of views.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .boxes import decode_boxes, encode_boxes
+from .priors import FeatureMapPriors
+
+TTA_MODES = {"none": (), "hflip": ((True, False),), "hvflip": ((True, False), (False, True), (True, True))}
+
+
+def check_tta(mode: str) -> str:
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {mode!r}")
+    return mode
+
+
+def mirror_partners(maps: Sequence[FeatureMapPriors], horizontal: bool = True, vertical: bool = False) -> Tensor:
+    """Index ``(P,)`` of each prior's partner under the mirroring (see the module docstring).
+
+    Exact for grids centred on the image (the default steps); with explicit steps that do not
+    tile the image exactly (SSD300's 38 x 8 px = 304 px) the partner is the mirrored cell,
+    a few pixels from the mirror image of the prior's centre."""
+    out, offset = [], 0
+    for fm in maps:
+        rows, cols = fm.size
+        idx = torch.arange(fm.num_priors).view(rows, cols, fm.num_priors_per_cell)
+        dims = [d for d, on in ((0, vertical), (1, horizontal)) if on]
+        out.append((idx.flip(dims) if dims else idx).reshape(-1) + offset)
+        offset += fm.num_priors
+    return torch.cat(out)
+
+
+def mirror_images(images: Tensor, horizontal: bool, vertical: bool) -> Tensor:
+    dims = [d for d, on in ((-2, vertical), (-1, horizontal)) if on]
+    out = images.flip(dims)
+    if images.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def mirror_boxes(boxes: Tensor, horizontal: bool, vertical: bool) -> Tensor:
+    """xyxy boxes in image fractions, mirrored in the unit square."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    if horizontal:
+        x1, x2 = 1 - x2, 1 - x1
+    if vertical:
+        y1, y2 = 1 - y2, 1 - y1
+    return torch.stack((x1, y1, x2, y2), dim=-1)
+
+
+def probabilities(logits: Tensor, score_type: str) -> Tensor:
+    return logits.softmax(-1) if score_type == "softmax" else logits.sigmoid()
+
+
+def logits_of(probs: Tensor, score_type: str) -> Tensor:
+    """Inverse of :func:`probabilities` (softmax: up to a per-row constant, which it ignores)."""
+    tiny = torch.finfo(probs.dtype).tiny
+    if score_type == "softmax":
+        return probs.clamp_min(tiny).log()
+    return probs.clamp(tiny, 1 - 1e-7).logit()
+
+
+def merge_views(
+    views: Sequence[tuple[Tensor, Tensor]],
+    partners: Sequence[Tensor | None],
+    flips: Sequence[tuple[bool, bool]],
+    priors: Tensor,
+    score_type: str,
+    variances: tuple[float, float],
+) -> tuple[Tensor, Tensor]:
+    """Average the ``(offsets, logits)`` of each view per prior; the first view is the
+    image as given (partner ``None``, flips ``(False, False)``). Returns ``(offsets, logits)``
+    of the merged prediction, for :func:`multibox.nms.postprocess`."""
+    boxes_sum, probs_sum = None, None
+    for (loc, logits), idx, (h, v) in zip(views, partners, flips):
+        loc, logits, own = loc.float(), logits.float(), priors
+        if idx is not None:  # the partner's prediction on the mirrored view, decoded against the partner
+            loc, logits, own = loc.index_select(1, idx), logits.index_select(1, idx), priors.index_select(0, idx)
+        boxes = mirror_boxes(decode_boxes(loc, own, variances), h, v)
+        probs = probabilities(logits, score_type)
+        boxes_sum = boxes if boxes_sum is None else boxes_sum + boxes
+        probs_sum = probs if probs_sum is None else probs_sum + probs
+    n = len(views)
+    return encode_boxes(boxes_sum / n, priors, variances), logits_of(probs_sum / n, score_type)

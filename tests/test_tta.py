@@ -1,0 +1,96 @@
+import pytest
+import torch
+
+from multibox import create_model
+from multibox.boxes import cxcywh_to_xyxy, decode_boxes, encode_boxes
+from multibox.priors import make_priors, ssd_feature_maps
+from multibox.tta import merge_views, mirror_boxes, mirror_partners
+
+MAPS = ssd_feature_maps([10, 5, 3, 1], [0.2, 0.4, 0.6, 0.8, 0.95], [(2,), (2, 3), (2,), (2,)])
+
+
+@pytest.mark.parametrize("h,v", [(True, False), (False, True), (True, True)])
+def test_partner_of_a_prior_is_its_mirror_image(h, v):
+    priors = make_priors(MAPS)
+    idx = mirror_partners(MAPS, h, v)
+    assert sorted(idx.tolist()) == list(range(len(priors)))  # a permutation
+    assert torch.equal(idx[idx], torch.arange(len(priors)))  # an involution
+    expected = mirror_boxes(cxcywh_to_xyxy(priors), h, v)
+    assert torch.allclose(cxcywh_to_xyxy(priors[idx]), expected, atol=1e-6)
+
+
+def test_merge_averages_boxes_and_probabilities_per_prior():
+    torch.manual_seed(0)
+    priors = make_priors(MAPS)
+    n, p, k = 2, len(priors), 4
+    idx = mirror_partners(MAPS, True, False)
+    loc0, loc1 = torch.randn(n, p, 4) * 0.5, torch.randn(n, p, 4) * 0.5
+    logit0, logit1 = torch.randn(n, p, k), torch.randn(n, p, k)
+    loc, logits = merge_views([(loc0, logit0), (loc1, logit1)], [None, idx], [(False, False), (True, False)],
+                              priors, "softmax", (0.1, 0.2))
+    # by hand for one prior: its own box, and its partner's box on the mirrored view mirrored back
+    i = 17
+    j = int(idx[i])
+    own = decode_boxes(loc0[:, i], priors[i])
+    x1, y1, x2, y2 = decode_boxes(loc1[:, j], priors[j]).unbind(-1)
+    other = torch.stack((1 - x2, y1, 1 - x1, y2), -1)
+    assert torch.allclose(decode_boxes(loc[:, i], priors[i]), (own + other) / 2, atol=1e-6)
+    probs = (logit0[:, i].softmax(-1) + logit1[:, j].softmax(-1)) / 2
+    assert torch.allclose(logits[:, i].softmax(-1), probs, atol=1e-6)
+
+
+def test_sigmoid_scores_average_as_probabilities():
+    priors = make_priors(MAPS)
+    idx = mirror_partners(MAPS, False, True)
+    loc = torch.zeros(1, len(priors), 4)
+    a, b = torch.full((1, len(priors), 2), 2.0), torch.full((1, len(priors), 2), -1.0)
+    _, logits = merge_views([(loc, a), (loc, b)], [None, idx], [(False, False), (False, True)],
+                            priors, "sigmoid", (0.1, 0.2))
+    expected = (torch.sigmoid(torch.tensor(2.0)) + torch.sigmoid(torch.tensor(-1.0))) / 2
+    assert torch.allclose(logits.sigmoid(), expected.expand_as(logits))
+
+
+def test_views_that_agree_merge_to_the_same_prediction():
+    """A mirrored view predicting exactly the mirror image changes nothing."""
+    torch.manual_seed(1)
+    priors = make_priors(MAPS)
+    idx = mirror_partners(MAPS, True, True)
+    loc0, logit0 = torch.randn(1, len(priors), 4) * 0.3, torch.randn(1, len(priors), 3)
+    boxes = decode_boxes(loc0, priors)
+    loc1 = torch.empty_like(loc0)
+    loc1[:, idx] = encode_boxes(mirror_boxes(boxes, True, True), priors[idx])
+    logit1 = torch.empty_like(logit0)
+    logit1[:, idx] = logit0
+    loc, logits = merge_views([(loc0, logit0), (loc1, logit1)], [None, idx], [(False, False), (True, True)],
+                              priors, "softmax", (0.1, 0.2))
+    assert torch.allclose(loc, loc0, atol=1e-4)
+    assert torch.allclose(logits.softmax(-1), logit0.softmax(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["hflip", "hvflip"])
+def test_mirroring_makes_the_detector_mirror_equivariant(mode):
+    """With every mirror image among the views, detecting on a mirrored image gives the
+    mirror image of the detections (an untrained model on its own is far from it)."""
+    torch.manual_seed(0)
+    model = create_model("ssd_resnet18", num_classes=3).eval()
+    for layer in model.head.classification:  # no 1% class prior: scores spread around 0.5
+        torch.nn.init.zeros_(layer.bias)
+    x = torch.rand(1, 3, 224, 224) * 255
+    flip = [-1] if mode == "hflip" else [-1, -2]
+    a = model.predict(x, score_threshold=0.3, max_detections=50, tta=mode).per_image()[0]
+    b = model.predict(x.flip(flip), score_threshold=0.3, max_detections=50, tta=mode).per_image()[0]
+    assert len(a["scores"]) > 0 and len(a["scores"]) == len(b["scores"])
+    sa, sb = a["scores"].sort(descending=True), b["scores"].sort(descending=True)
+    assert torch.allclose(sa.values, sb.values, atol=1e-5)
+    mirrored = mirror_boxes(b["boxes"][sb.indices] / 224, True, mode == "hvflip") * 224
+    assert torch.allclose(a["boxes"][sa.indices], mirrored, atol=1e-2)
+    assert torch.equal(a["labels"][sa.indices], b["labels"][sb.indices])
+    plain = model.predict(x, score_threshold=0.3, max_detections=50).per_image()[0]
+    plain_b = model.predict(x.flip(flip), score_threshold=0.3, max_detections=50).per_image()[0]
+    assert len(plain["scores"]) != len(plain_b["scores"]) or not torch.allclose(
+        plain["scores"].sort().values, plain_b["scores"].sort().values, atol=1e-3)
+
+
+def test_unknown_mode_is_an_error():
+    with pytest.raises(ValueError, match="tta must be one of"):
+        create_model("ssd_resnet18", num_classes=2, tta="rotate")
