@@ -58,16 +58,20 @@ def test_training_lowers_the_loss(voc_root, tmp_path):
     assert losses[-1] < 0.5 * losses[0]
 
 
-def test_resume_gives_the_same_weights_as_an_uninterrupted_run(voc_root, tmp_path):
-    full = Trainer(tiny_config(voc_root, tmp_path / "full", "train.epochs=3"), progress=False)
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(voc_root, tmp_path, ema):
+    opts = ("train.epochs=3", f"train.ema_decay={ema}")
+    full = Trainer(tiny_config(voc_root, tmp_path / "full", *opts), progress=False)
     full.fit()
-    part = Trainer(tiny_config(voc_root, tmp_path / "part", "train.epochs=3"), progress=False)
+    part = Trainer(tiny_config(voc_root, tmp_path / "part", *opts), progress=False)
     part.fit(stop_after_epoch=1)  # "stopped" after epoch 1; last.pt written
-    resumed = Trainer(tiny_config(voc_root, tmp_path / "part", "train.epochs=3"), progress=False)
+    resumed = Trainer(tiny_config(voc_root, tmp_path / "part", *opts), progress=False)
     resumed.resume(str(tmp_path / "part" / "last.pt"))
     assert resumed.epoch == 1 and resumed.step == part.step
     resumed.fit()
     a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = full.eval_model().state_dict(), resumed.eval_model().state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["loss"] for h in full.history] == [h["loss"] for h in resumed.history]
     # files a user expects
@@ -85,6 +89,21 @@ def test_checkpoint_rebuilds_the_detector(voc_root, tmp_path):
     x = torch.rand(1, 3, 128, 128) * 255
     tr.model.eval()
     assert torch.allclose(model.eval()(x)[1], tr.model(x)[1])
+
+
+def test_weight_average_is_what_checkpoints_and_validation_use(voc_root, tmp_path):
+    tr = Trainer(tiny_config(voc_root, tmp_path, "train.epochs=1", "train.ema_decay=0.99"), progress=False)
+    tr.fit()
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    raw, avg = tr.model.state_dict(), tr.eval_model().state_dict()
+    assert ckpt["ema_updates"] == tr.step
+    assert all(torch.equal(ckpt["train_model"][k], raw[k]) for k in raw)
+    assert all(torch.equal(ckpt["model"][k], avg[k]) for k in avg)
+    key = "head.classification.0.1.weight" if "head.classification.0.1.weight" in raw else next(
+        k for k in raw if k.startswith("head.") and k.endswith("weight"))
+    assert not torch.equal(raw[key], avg[key])  # two updates at d = 2/11 and 3/12 already differ
+    model, _ = model_from_checkpoint(ckpt)
+    assert all(torch.equal(model.state_dict()[k], avg[k]) for k in avg)
 
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(voc_root, tmp_path, monkeypatch):

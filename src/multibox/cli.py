@@ -85,13 +85,14 @@ def _train_and_report(cfg, resume: str | None, draw: int | None) -> int:
         return 0
     best = os.path.join(cfg.out_dir, "best.pt")
     chosen = "last epoch"
+    model = trainer.eval_model()  # the weight average, if training kept one
     if trainer.datasets.get("val") is not None and os.path.exists(best):
         from .engine.checkpoint import load_checkpoint
 
-        trainer.model.load_state_dict(load_checkpoint(best)["model"])
+        model.load_state_dict(load_checkpoint(best)["model"])
         chosen = "best validation mAP"
     print(f"scoring {test.name} once with the {chosen} checkpoint")
-    report = write_report(trainer.model, test, cfg.out_dir, device=trainer.device, workers=cfg.data.workers,
+    report = write_report(model, test, cfg.out_dir, device=trainer.device, workers=cfg.data.workers,
                           draw=draw, extra={"train_seconds": round(train_s, 1), "checkpoint": chosen,
                                             "model": cfg.model.name})
     print(report.table())

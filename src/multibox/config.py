@@ -56,6 +56,7 @@ class TrainConfig:
     milestones: list = field(default_factory=lambda: [0.667, 0.833])  # fractions of training (multistep)
     gamma: float = 0.1
     clip_grad: float | None = 10.0
+    ema_decay: float = 0.0  # exponential moving average of the weights (e.g. 0.998); 0 = off
     amp: str = "auto"  # auto (fp16/bf16 on CUDA, bf16 on CPUs with AMX, else off) | bf16 | fp16 | off
     channels_last: bool = True
     eval_every: int = 5  # epochs; 0 = only at the end

@@ -9,6 +9,8 @@
   depthwise convolutions kept in float32);
 * gradient clipping; non-finite losses are skipped and counted, and a run of
   them stops training with a message naming the likely causes;
+* optionally an exponential moving average of the weights (``ema_decay``), which is
+  what validation scores and what checkpoints hand to inference;
 * validation every ``eval_every`` epochs with the VOC metric, keeping the best;
 * atomic checkpoints after every epoch (``last.pt``, ``best.pt``) holding weights,
   optimiser, schedule position, RNG states, config and class names; ``resume``
@@ -21,6 +23,7 @@
 """
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -42,6 +45,7 @@ from ..memory import keep_freed_memory
 from ..models import SSD, create_model
 from ..models.layers import cpu_has_fast_bf16
 from .checkpoint import atomic_save, load_checkpoint
+from .ema import WeightAverage
 from .evaluate import evaluate_model
 
 
@@ -143,6 +147,7 @@ class Trainer:
         priors = self.model.priors
         self.loss_fn = (MultiBoxLoss(priors) if self.model.score_type == "softmax" else FocalLoss(priors)).to(self.device)
         self.optimizer = torch.optim.SGD(param_groups(self.model, t.weight_decay), lr=t.lr, momentum=t.momentum)
+        self.ema = WeightAverage(self.model, t.ema_decay) if t.ema_decay else None
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
                     if self.world > 1 else None)
 
@@ -245,6 +250,8 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         self.step += 1
         return {"loss": out.loss.item(), "loc": out.loc.item(), "conf": out.conf.item(), "lr": lr, "skipped": False}
 
@@ -308,10 +315,18 @@ class Trainer:
             self._plot()
         return last
 
+    def eval_model(self) -> SSD:
+        """The model to score and ship: the weight average if training keeps one, else the model."""
+        if self.ema is None:
+            return self.model
+        model = copy.deepcopy(self.model)
+        model.load_state_dict(self.ema.averaged_state(self.model))
+        return model
+
     def _validate(self, dataset: DetectionDataset) -> float:
         value = torch.zeros(1)
         if self.is_main:
-            report = evaluate_model(self.model, dataset, batch_size=max(8, self.cfg.train.batch_size),
+            report = evaluate_model(self.eval_model(), dataset, batch_size=max(8, self.cfg.train.batch_size),
                                     device=self.device, workers=self.cfg.data.workers, coco=False,
                                     progress=self.progress, channels_last=self.channels_last)
             value[0] = report.map
@@ -323,8 +338,12 @@ class Trainer:
     # --- files ----------------------------------------------------------------
 
     def checkpoint_dict(self) -> dict:
+        averaged = self.ema is not None
         return {
-            "model": self.model.state_dict(),
+            # "model": the weights to use (the average, if kept); "train_model": the raw ones, to resume
+            "model": self.ema.averaged_state(self.model) if averaged else self.model.state_dict(),
+            "train_model": self.model.state_dict() if averaged else None,
+            "ema_updates": self.ema.updates if averaged else None,
             "model_name": self.cfg.model.name,
             "model_kwargs": dict(self.cfg.model.kwargs),
             "class_names": list(self.class_names),
@@ -352,7 +371,10 @@ class Trainer:
         ckpt = load_checkpoint(path, map_location=self.device)
         if list(ckpt["class_names"]) != list(self.class_names):
             raise ValueError(f"{path}: classes {ckpt['class_names']} differ from the data's {self.class_names}")
-        self.model.load_state_dict(ckpt["model"])
+        self.model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+        if self.ema is not None:
+            # a checkpoint without an average starts one from its weights
+            self.ema.load(ckpt["model"], ckpt.get("ema_updates") or 0)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
