@@ -94,3 +94,18 @@ def test_mirroring_makes_the_detector_mirror_equivariant(mode):
 def test_unknown_mode_is_an_error():
     with pytest.raises(ValueError, match="tta must be one of"):
         create_model("ssd_resnet18", num_classes=2, tta="rotate")
+
+
+def test_partners_on_ssd300_steps_are_the_mirrored_cells():
+    """SSD300's explicit steps do not tile 300 px exactly (38 x 8 = 304, 10 x 32 = 320 px): a
+    partner is the mirrored cell, its centre off the exact mirror image by the grid's overhang."""
+    from multibox.priors import SSD300_RATIOS, SSD300_SCALES, SSD300_SIZES
+
+    steps = (8, 16, 32, 64, 100, 300)
+    maps = ssd_feature_maps(SSD300_SIZES, SSD300_SCALES, SSD300_RATIOS, steps=[v / 300 for v in steps])
+    priors = make_priors(maps)
+    idx = mirror_partners(maps, True, False)
+    assert torch.equal(priors[idx, 1:], priors[:, 1:])
+    gap = (priors[idx, 0] - (1 - priors[:, 0])) * 300
+    overhang = torch.cat([torch.full((m.num_priors,), float(n * st - 300)) for m, n, st in zip(maps, SSD300_SIZES, steps)])
+    torch.testing.assert_close(gap, overhang, atol=1e-3, rtol=0)  # 4, 4, 20, 20, 0, 0 px

@@ -38,8 +38,8 @@ def mirror_partners(maps: Sequence[FeatureMapPriors], horizontal: bool = True, v
     """Index ``(P,)`` of each prior's partner under the mirroring (see the module docstring).
 
     Exact for grids centred on the image (the default steps); with explicit steps that do not
-    tile the image exactly (SSD300's 38 x 8 px = 304 px) the partner is the mirrored cell,
-    a few pixels from the mirror image of the prior's centre."""
+    tile the image exactly the partner is the mirrored cell, off the mirror image of the prior's
+    centre by the grid's overhang (SSD300: 38 x 8 = 304 px, 4 px; 10 x 32 = 320 px, 20 px)."""
     out, offset = [], 0
     for fm in maps:
         rows, cols = fm.size
