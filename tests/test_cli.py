@@ -55,3 +55,10 @@ def test_clear_errors_for_bad_arguments(tmp_path, capsys):
 def test_models_and_presets_listing(capsys):
     assert main(["presets"]) == 0
     assert "demo_bccd" in capsys.readouterr().out
+
+
+def test_tta_choices_are_the_library_modes():
+    from multibox.cli import TTA_CHOICES
+    from multibox.tta import TTA_MODES
+
+    assert TTA_CHOICES == tuple(TTA_MODES)

@@ -20,6 +20,9 @@ import warnings
 
 from .memory import keep_freed_memory
 
+# multibox.tta.TTA_MODES, named here so that building the parser does not import torch
+TTA_CHOICES = ("none", "hflip", "hvflip")
+
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from .models import create_model, list_models
@@ -261,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: beside the checkpoint)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--draw", type=int, default=24)
-    p.add_argument("--tta", choices=("none", "hflip", "hvflip"),
+    p.add_argument("--tta", choices=TTA_CHOICES,
                    help="test-time mirroring (default: the checkpoint's model setting)")
     p.set_defaults(func=_cmd_val)
 
@@ -282,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-draw", action="store_true", help="do not write pictures")
     p.add_argument("--no-txt", action="store_true", help="do not write per-image text files")
-    p.add_argument("--tta", choices=("none", "hflip", "hvflip"),
+    p.add_argument("--tta", choices=TTA_CHOICES,
                    help="average over mirrored views (default: the checkpoint's model setting)")
     p.set_defaults(func=_cmd_predict)
 

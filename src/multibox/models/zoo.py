@@ -22,12 +22,12 @@ from ..priors import (
     linear_scales,
     ssd_feature_maps,
 )
+from ..tta import check_tta
 from .efficientnet import IMAGE_MEAN as LITE0_MEAN
 from .efficientnet import IMAGE_STD as LITE0_STD
 from .efficientnet import EfficientNetLite0, load_lite0_weights
 from .heads import SSD300_EXTRAS, SSD512_EXTRAS, SSDHead, lite_extra_layers, ssd_extra_layers
 from .resnet import ResNet, load_resnet_weights
-from ..tta import check_tta
 from .ssd import SSD, PostprocessConfig
 from .vgg import VGG16Reduced, convert_vgg16_imagenet
 from .weights import read_state_dict
