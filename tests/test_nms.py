@@ -149,7 +149,8 @@ def test_candidate_rows_survive_extreme_logits(threshold):
     logits[0, 2] = torch.tensor([-80.0, -82.0, -200.0, -200.0])  # class 1 scores 0.12
     logits[0, 3] = torch.tensor([95.0, 80.0, -5.0, -5.0])  # background overflows alone: class 1 scores 3e-7
     logits[0, 4] = torch.tensor([89.0, 88.5, 0.0, 0.0])  # background overflows, class 1 does not: scores 0.38
-    logits[0, 5:300, 0] += 12.0  # confident background
+    logits[0, 5] = torch.tensor([-95.0, -99.5, -200.0, -200.0])  # denormal exps: class 1 scores 0.011
+    logits[0, 6:300, 0] += 12.0  # confident background
     full = torch.softmax(logits.double(), -1)[..., 1:].reshape(600, -1)
     rows, scores = _candidate_rows(logits, "softmax", threshold)
     passing = (full > threshold).any(1).nonzero().squeeze(1)
@@ -157,7 +158,7 @@ def test_candidate_rows_survive_extreme_logits(threshold):
     assert {0, 1, 4}.issubset(set(rows.tolist()))
     torch.testing.assert_close(scores.double(), full[rows], rtol=1e-5, atol=1e-7)
     if threshold >= 0.01:
-        assert not set(range(5, 300)) & set(rows.tolist())  # the cheap test rules these out
+        assert not set(range(6, 300)) & set(rows.tolist())  # the cheap test rules these out
 
 
 def test_sparse_and_padded_nms_agree(monkeypatch):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .boxes import DEFAULT_VARIANCES, encode_boxes
 from .matching import Matches, match_priors
 from .rowsums import exp_row_sums
+from .select import where
 
 
 class LossOutput(NamedTuple):
@@ -134,7 +135,7 @@ class MultiBoxLoss(nn.Module):
         # Negatives are ranked by their loss without autograd; the cross-entropy that trains is
         # then taken over the positives and the chosen negatives only (a few percent of priors).
         negative = hard_negative_mask(background_loss(flat).view(n, p), positive, self.neg_pos_ratio)
-        chosen = (positive | negative).view(-1).nonzero().squeeze(1)
+        chosen = where(lambda pos, neg: pos | neg, positive, negative)
         chosen_labels = matches.labels.view(-1).index_select(0, chosen)
         conf_sum = F.cross_entropy(flat.index_select(0, chosen), chosen_labels, reduction="sum")
         pos_index = chosen[chosen_labels > 0]
@@ -191,7 +192,7 @@ class FocalLoss(nn.Module):
 
     def from_matches(self, loc: Tensor, logits: Tensor, matches: Matches) -> LossOutput:
         num_classes = logits.shape[-1]
-        pos_index = (matches.labels > 0).view(-1).nonzero().squeeze(1)
+        pos_index = where(lambda labels: labels > 0, matches.labels)
         loc_sum = _localization_loss(loc.float(), matches, self.priors, self.variances, pos_index)
         # one_hot over C + 1 columns then drop background column 0.
         targets = F.one_hot(matches.labels, num_classes + 1)[..., 1:].to(torch.float32)

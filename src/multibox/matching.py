@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .boxes import box_iou, check_boxes, cxcywh_to_xyxy, iou_from_coordinates
 from .ranges import concat_ranges
+from .select import where
 
 
 class Matches(NamedTuple):
@@ -206,7 +207,7 @@ def match_priors(
     # (image, slot); sorted stably by (image, prior) cell and, within a cell, by descending IoU
     # (one float64 key, cell + (1 - IoU) / 2, which holds a float32 IoU exactly), the first hit
     # of each cell is its winner.
-    hit = (iou >= iou_threshold).nonzero().squeeze(1)
+    hit = where(lambda v: v >= iou_threshold, iou)
     h_obj = pair_obj.index_select(0, hit)
     h_cell = img.index_select(0, h_obj) * p + pair_prior.index_select(0, hit)  # flat (image, prior)
     h_key = h_cell.to(torch.float64) + (1.0 - iou.index_select(0, hit).to(torch.float64)) / 2
@@ -218,7 +219,7 @@ def match_priors(
     # too; the others (tiny or odd boxes) are searched over every prior.
     obj_best = torch.full((len(obj),), -1.0, dtype=iou.dtype, device=device).scatter_reduce(
         0, pair_obj, iou, reduce="amax")
-    on_max = (iou == obj_best.index_select(0, pair_obj)).nonzero().squeeze(1)
+    on_max = where(lambda v, best: v == best, iou, obj_best.index_select(0, pair_obj))
     best_prior_k = torch.full((len(obj),), p, dtype=torch.long, device=device).scatter_reduce(
         0, pair_obj.index_select(0, on_max), pair_prior.index_select(0, on_max), reduce="amin")
     weak = obj_best < iou_threshold

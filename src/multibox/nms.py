@@ -27,6 +27,7 @@ from torch import Tensor
 from .boxes import DEFAULT_VARIANCES, box_iou, clip_boxes, decode_boxes
 from .ranges import concat_ranges
 from .rowsums import exp_row_sums
+from .select import where
 
 
 def overlap_mask(boxes: Tensor, iou_threshold: float) -> Tensor:
@@ -133,26 +134,21 @@ def _candidate_rows(logits: Tensor, score_type: str, threshold: float) -> tuple[
     n, p, k = logits.shape
     flat = logits.reshape(n * p, k)
     if threshold <= 0:
-        maybe = torch.ones(n * p, dtype=torch.bool, device=logits.device)
+        rows = torch.arange(n * p, device=logits.device)
     elif score_type == "softmax":
         # sum_{c>0} exp(l_c) - t exp(l_0) > 0 is necessary (the sum is at least the largest
-        # term): one weighted row sum of exp(logits). Rows where that cannot be trusted are kept:
-        # NaN (inf - inf) by the test itself; a background logit so large that its exp
-        # overflows, or so small that a passing exp(l_c) could underflow, by a test on l_0 that
-        # only runs when the batch has such a row. Exact scores follow for every kept row.
+        # term): one weighted row sum of exp(logits). A row is ruled out only by a finite sum of
+        # at most -1e-30: then exp(l_0) is a normal float (no overflow, no underflow), the
+        # margin absorbs rounding and the 1e-30 the foreground terms that underflowed to zero.
+        # Every other row is kept: NaN (inf - inf), -inf (exp(l_0) overflowed), and sums near
+        # zero (exp(l_0) too small to trust). Exact scores follow for every kept row.
         weights = flat.new_ones(k, 1)
-        weights[0] = -threshold * 0.999  # the margin absorbs exp rounding
-        maybe = ~(exp_row_sums(flat, weights).squeeze(1) <= 0)
-        l0 = flat[:, 0]
-        lo, hi = -85.0 - math.log(threshold), 88.0
-        l0_min, l0_max = torch.aminmax(l0)
-        if not (bool(l0_min >= lo) and bool(l0_max <= hi)):  # NaN fails both
-            maybe |= ~((l0 >= lo) & (l0 <= hi))
+        weights[0] = -threshold * 0.999  # the margin absorbs exp and summation rounding
+        rows = where(lambda s: ~((s <= -1e-30) & (s > -math.inf)), exp_row_sums(flat, weights).squeeze(1))
     elif threshold >= 1:
-        maybe = torch.zeros(n * p, dtype=torch.bool, device=logits.device)
+        rows = torch.zeros(0, dtype=torch.long, device=logits.device)
     else:
-        maybe = flat.amax(dim=1) > math.log(threshold / (1 - threshold)) - 1e-3
-    rows = torch.nonzero(maybe).squeeze(1)
+        rows = where(lambda m: m > math.log(threshold / (1 - threshold)) - 1e-3, flat.amax(dim=1))
     if rows.numel() == n * p:  # e.g. an untrained model: no row can be ruled out
         return rows, _class_scores(flat, score_type)
     return rows, _class_scores(flat.index_select(0, rows), score_type)
@@ -223,7 +219,7 @@ def postprocess(
     # dozen, an untrained model every prior.
     rows, row_scores = _candidate_rows(logits, score_type, score_threshold)  # (R,), (R, C)
     c = row_scores.shape[-1]
-    flat = torch.nonzero((row_scores > score_threshold).view(-1)).squeeze(1)  # ascending (row, class)
+    flat = where(lambda s: s > score_threshold, row_scores)  # flat (row, class) indices, ascending
     row, cls = torch.div(flat, c, rounding_mode="floor"), flat % c
     flat_prior = rows.index_select(0, row)
     img, prior = torch.div(flat_prior, p, rounding_mode="floor"), flat_prior % p  # ascending (image, prior, class)
@@ -243,11 +239,11 @@ def postprocess(
         top_scores = torch.gather(per_group, 1, top_prior)
         top_scores, order = top_scores.sort(dim=1, descending=True, stable=True)
         top_prior = torch.gather(top_prior, 1, order)
-        sel = (top_scores > score_threshold).view(-1).nonzero().squeeze(1)
+        sel = where(lambda s: s > score_threshold, top_scores)
         group = torch.div(sel, cap, rounding_mode="floor")
         prior, cand_scores = top_prior.view(-1).index_select(0, sel), top_scores.view(-1).index_select(0, sel)
     else:  # every candidate fits: take exactly the ones above the threshold
-        cand_scores = row_scores[row, cls]
+        cand_scores = row_scores.reshape(-1).index_select(0, flat)
         order = _sort_by_key_then_score(gid, cand_scores)  # by group, then score, then prior
         group, prior, cand_scores = gid.index_select(0, order), prior.index_select(0, order), cand_scores.index_select(0, order)
     # Candidates now run group by group, best first. Decode (and clip) only their boxes.
@@ -257,7 +253,7 @@ def postprocess(
     keep = _nms_sorted_groups(cand, group, counts, cap, iou_threshold)
 
     # The max_detections best kept boxes of each image: by score, then class, then rank.
-    kept = keep.nonzero().squeeze(1)
+    kept = where(lambda k: k, keep)
     k_img, k_scores = img.index_select(0, kept), cand_scores.index_select(0, kept)
     order = _sort_by_key_then_score(k_img, k_scores)
     kept, k_img = kept.index_select(0, order), k_img.index_select(0, order)
@@ -265,7 +261,7 @@ def postprocess(
     rank = torch.arange(len(kept), device=kept.device) - (torch.cumsum(per_image, 0) - per_image).index_select(0, k_img)
     d = min(max_detections, c * cap)
     if int(per_image.max()) > d:  # some image kept more than d boxes: drop its worst
-        take = (rank < d).nonzero().squeeze(1)
+        take = where(lambda r: r < d, rank)
         kept, k_img, rank = kept.index_select(0, take), k_img.index_select(0, take), rank.index_select(0, take)
     out_boxes = loc.new_zeros(n, d, 4, dtype=torch.float32)
     out_scores = loc.new_zeros(n, d, dtype=torch.float32)
@@ -341,8 +337,8 @@ def _nms_pairs(boxes: Tensor, group: Tensor, iou_threshold: float) -> Tensor:
     ih = torch.minimum(sy2.index_select(0, first), sy2.index_select(0, other))
     ih.sub_(torch.maximum(sy1.index_select(0, first), sy1.index_select(0, other))).clamp_(min=0)
     sums = sarea.index_select(0, first).add_(sarea.index_select(0, other))
-    over = iw.mul_(ih).mul_(1.0 + iou_threshold) > sums.mul_(iou_threshold)  # as overlap_mask
-    edge = over.nonzero().squeeze(1)
+    edge = where(lambda inter, s: inter > s,  # the overlap test of overlap_mask
+                 iw.mul_(ih).mul_(1.0 + iou_threshold), sums.mul_(iou_threshold))
     a, b = by_area.index_select(0, first.index_select(0, edge)), by_area.index_select(0, other.index_select(0, edge))
     src, dst = torch.minimum(a, b), torch.maximum(a, b)  # the earlier (better-scored) box first
     keep = torch.ones(k, dtype=torch.bool, device=dev)

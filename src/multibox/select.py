@@ -1,0 +1,35 @@
+"""The indices of the entries that pass a test: ``torch.nonzero`` for a 1-D condition, fast on CPUs.
+
+Post-processing and the loss pick a few hundred rows out of tens of thousands several
+times per batch. On CPUs, PyTorch's comparison kernels and ``nonzero`` cost about 1.5 ns
+and 3 ns per entry; NumPy does the same work 4-5x faster on the same memory (a CPU
+tensor's ``.numpy()`` is a view, not a copy). So the test is written once, with operators
+that both libraries share, and runs in NumPy when every tensor is on the CPU:
+
+    rows = where(lambda s: s > 0.01, scores)    # torch.nonzero((scores > 0.01).view(-1)).squeeze(1)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+def where(test: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
+    """Ascending int64 indices ``i`` where ``test(*tensors).reshape(-1)[i]`` is true.
+
+    ``test`` maps tensors of one shape to a boolean result of that shape using only operators
+    (``<``, ``==``, ``&``, ``~``, arithmetic) that mean the same on NumPy arrays and tensors,
+    including for NaN and infinities. Gradients are not tracked (the result is indices).
+    """
+    if all(t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES for t in tensors):
+        with np.errstate(all="ignore"):
+            mask = test(*(t.detach().numpy() for t in tensors))
+        return torch.from_numpy(np.flatnonzero(mask).astype(np.int64, copy=False))
+    return torch.nonzero(test(*tensors).reshape(-1)).squeeze(1)
+
+
+_NUMPY_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                 torch.float16, torch.float32, torch.float64}  # not bfloat16: NumPy has none
