@@ -36,7 +36,8 @@ IMAGE_STD = (128.0, 128.0, 128.0)
 class MBConv(nn.Module):
     """Inverted residual block: 1x1 expand, kxk depthwise, 1x1 project (no SE in Lite)."""
 
-    conv_bn_pairs = (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))
+    conv_bn_acts = (("_expand_conv", "_bn0", "act0"), ("_depthwise_conv", "_bn1", "act1"))
+    conv_bn_pairs = (("_project_conv", "_bn2"),)
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
         super().__init__()
@@ -50,11 +51,11 @@ class MBConv(nn.Module):
         self._project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(out_ch, **_BN)
         self.residual = stride == 1 and in_ch == out_ch
-        self.act = nn.ReLU6(inplace=True)
+        self.act0, self.act1 = nn.ReLU6(inplace=True), nn.ReLU6(inplace=True)  # one each: fusable separately
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.act(self._bn0(self._expand_conv(x))) if self.has_expand else x
-        out = self.act(self._bn1(self._depthwise_conv(out)))
+        out = self.act0(self._bn0(self._expand_conv(x))) if self.has_expand else x
+        out = self.act1(self._bn1(self._depthwise_conv(out)))
         out = self._bn2(self._project_conv(out))
         return out + x if self.residual else out
 
@@ -64,7 +65,7 @@ class EfficientNetLite0(nn.Module):
     useful to check the ImageNet weights); detection uses the feature maps."""
 
     out_channels = (40, 112, 1280)
-    conv_bn_pairs = (("_conv_stem", "_bn0"), ("_conv_head", "_bn1"))
+    conv_bn_acts = (("_conv_stem", "_bn0", "_act_stem"), ("_conv_head", "_bn1", "_act_head"))
 
     def __init__(self, include_top: bool = False) -> None:
         super().__init__()
@@ -79,7 +80,7 @@ class EfficientNetLite0(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
-        self.act = nn.ReLU6(inplace=True)
+        self._act_stem, self._act_head = nn.ReLU6(inplace=True), nn.ReLU6(inplace=True)
         self._fc = nn.Linear(1280, 1000) if include_top else None
         self._frozen: FrozenPrefix | None = None
 
@@ -87,25 +88,25 @@ class EfficientNetLite0(nn.Module):
         blocks = list(self._blocks)
         if self._frozen is not None:  # frozen stem + first blocks run with BatchNorm folded in
             fused = self._frozen.get(x)
-            x = self.act(fused[0](x))
+            x = fused[0](x)
             blocks[: len(fused) - 1] = fused[1:]
         else:
-            x = self.act(self._bn0(self._conv_stem(x)))
+            x = self._act_stem(self._bn0(self._conv_stem(x)))
         feats = []
         for i, block in enumerate(blocks):
             x = block(x)
             if i in (STRIDE8_BLOCK, STRIDE16_BLOCK):
                 feats.append(x)
-        feats.append(self.act(self._bn1(self._conv_head(x))))
+        feats.append(self._act_head(self._bn1(self._conv_head(x))))
         return feats
 
     def frozen_modules(self, n: int) -> list[nn.Module]:
         """The stem and the first ``n`` blocks (n >= 1), for freezing from the input side.
-        Frozen layers then run with their BatchNorm folded into the convolutions."""
+        Frozen layers then run with their BatchNorm folded into the convolutions and ReLU6 fused."""
         if n <= 0:
             self._frozen = None
             return []
-        stem = nn.Sequential(self._conv_stem, self._bn0)
+        stem = nn.Sequential(self._conv_stem, self._bn0, self._act_stem)
         self._frozen = FrozenPrefix([stem, *self._blocks[:n]])
         return [self._conv_stem, self._bn0, *self._blocks[:n]]
 
