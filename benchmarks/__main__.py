@@ -198,6 +198,7 @@ def bench_forward(quick: bool) -> None:
 
     from multibox.export import export_onnx
     from multibox.models import create_model
+    from multibox.models.fuse import inference_copy
 
     models = [("ssdlite_effl0", dict(pretrained_backbone=False, image_size=320, feature_strides=[8, 16, 32],
                                      scales=[0.07, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.05], aspect_ratios=[2]), 3),
@@ -217,6 +218,13 @@ def bench_forward(quick: bool) -> None:
             cl = cl.to(memory_format=torch.channels_last)
             results["channels-last"] = (timeit(lambda: cl(x1.contiguous(memory_format=torch.channels_last)), 10),
                                         timeit(lambda: cl(x8.contiguous(memory_format=torch.channels_last)), 3))
+            # what Detector and evaluation run: BatchNorm folded, ReLU/ReLU6 fused, channels-last
+            fast = inference_copy(model)
+            torch.testing.assert_close(fast(x8.contiguous(memory_format=torch.channels_last))[1], ref[1],
+                                       rtol=1e-3, atol=1e-3)
+            results["folded + fused"] = (
+                timeit(lambda: fast(x1.contiguous(memory_format=torch.channels_last)), 10),
+                timeit(lambda: fast(x8.contiguous(memory_format=torch.channels_last)), 3))
             if not quick:
                 try:
                     comp = torch.compile(model, dynamic=False)
