@@ -39,10 +39,8 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 def _pointwise_conv():
     """oneDNN's convolution with a fused post-op, where this PyTorch build has it."""
-    mkldnn = getattr(torch.ops, "mkldnn", None)
     try:
-        return torch.ops.mkldnn._convolution_pointwise if mkldnn is not None and torch.backends.mkldnn.is_available() \
-            else None
+        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
     except (AttributeError, RuntimeError):
         return None
 
@@ -63,7 +61,9 @@ class ConvAct(nn.Module):
 
     def _fused(self, x: Tensor) -> bool:
         return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
-                and self.conv.padding_mode == "zeros" and isinstance(self.conv.padding, tuple)
+                and self.conv.weight.dtype == torch.float32 and self.conv.padding_mode == "zeros"
+                and isinstance(self.conv.padding, tuple)  # not "same"
+                and (x.dtype == torch.float32 or torch.is_autocast_enabled("cpu"))  # else conv2d's dtype error
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad))
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()
                 and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()
