@@ -68,22 +68,31 @@ def test_conv_act_runs_the_modules_when_a_gradient_is_needed(kernel_calls):
     assert kernel_calls == ["hardtanh"]
 
 
+# model: (input size, activations that follow a convolution (+ BatchNorm), all activations,
+# BatchNorms that cannot fold: the walkthrough's extra layers put them after the ReLU)
+FUSABLE = {
+    "ssdlite_effl0": (160, 57, 58, 0),  # all but the unused one of the block without expansion
+    "ssd300_vgg16": (300, 21, 21, 0),
+    "ssd_resnet18": (224, 13, 22, 4),  # stem, the first of each block, 4 in the extras; not those after a sum
+}
+
+
 @needs_kernel
-@pytest.mark.parametrize("name", ["ssdlite_effl0", "ssd300_vgg16"])
+@pytest.mark.parametrize("name", list(FUSABLE))
 def test_fusing_activations_does_not_change_a_model(name):
-    """Fusing the activations changes nothing in SSDLite (bf16 autocast); in SSD300 the
-    convolutions on VGG's 5x5 to 1x1 extra maps round differently (PyTorch computes those
-    without oneDNN), by float32's last bits."""
+    """Fusing the activations changes nothing in SSDLite (bf16 autocast); in float32 the
+    convolutions on small maps (SSD300's 5x5 to 1x1 extra maps) round differently (PyTorch
+    computes those without oneDNN), by float32's last bits."""
     torch.manual_seed(0)
+    size, fusable, acts, unfolded = FUSABLE[name]
     kw = {"image_size": 160} if name == "ssdlite_effl0" else {}
     model = create_model(name, num_classes=3, **kw).eval()
-    size = 160 if name == "ssdlite_effl0" else 300
     x = (torch.rand(1, 3, size, size) * 255).contiguous(memory_format=torch.channels_last)
     plain = fuse_conv_bn(model, fuse_act=False).to(memory_format=torch.channels_last)
     fused = fuse_conv_bn(model).to(memory_format=torch.channels_last)
-    n_fused = sum(isinstance(m, ConvAct) for m in fused.modules())
-    n_acts = sum(type(m) in (nn.ReLU, nn.ReLU6) for m in model.modules())
-    assert n_fused == n_acts - (name == "ssdlite_effl0")  # all but the unused one of the block without expansion
+    assert sum(type(m) in (nn.ReLU, nn.ReLU6) for m in model.modules()) == acts
+    assert sum(isinstance(m, ConvAct) for m in fused.modules()) == fusable
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) == unfolded
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "ssdlite_effl0"):
         for a, b in zip(plain(x), fused(x)):
             if name == "ssdlite_effl0":

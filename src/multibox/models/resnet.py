@@ -14,11 +14,14 @@ from .weights import check_state_dict
 
 class BasicBlock(nn.Module):
     expansion = 1
+    conv_bn_acts = (("conv1", "bn1", "relu1"),)  # for folding and fusing in inference copies
+    conv_bn_pairs = (("conv2", "bn2"),)
 
     def __init__(self, in_ch: int, ch: int, stride: int = 1) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_ch, ch, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(ch)
+        self.relu1 = nn.ReLU(inplace=True)  # its own module, so that it can fuse into conv1
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(ch, ch, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(ch)
@@ -26,12 +29,14 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)) + identity)
 
 
 class Bottleneck(nn.Module):
     expansion = 4
+    conv_bn_acts = (("conv1", "bn1", "relu1"), ("conv2", "bn2", "relu2"))
+    conv_bn_pairs = (("conv3", "bn3"),)
 
     def __init__(self, in_ch: int, ch: int, stride: int = 1) -> None:
         super().__init__()
@@ -42,13 +47,13 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(ch)
         self.conv3 = nn.Conv2d(ch, out, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu1, self.relu2, self.relu = nn.ReLU(inplace=True), nn.ReLU(inplace=True), nn.ReLU(inplace=True)
         self.downsample = _downsample(in_ch, out, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
         return self.relu(self.bn3(self.conv3(out)) + identity)
 
 
@@ -67,6 +72,8 @@ _DEPTHS: dict[int, tuple[Type[nn.Module], tuple[int, int, int, int]]] = {
 
 class ResNet(nn.Module):
     """ResNet trunk up to ``layer4``; ``forward`` returns the stride-32 feature map."""
+
+    conv_bn_acts = (("conv1", "bn1", "relu"),)
 
     def __init__(self, depth: int = 34) -> None:
         super().__init__()
