@@ -124,3 +124,29 @@ def test_frozen_prefix_runs_fused_and_trains_the_same(monkeypatch):
     monkeypatch.setattr(fuse, "_POINTWISE_CONV", None)
     for a, b in zip(fused, grads()):
         assert torch.equal(a, b)
+
+
+@needs_kernel
+def test_fused_modules_built_under_inference_mode_still_train():
+    """Evaluating first (inference mode) builds the fused prefix from inference tensors; a
+    training step afterwards must still run and give the same gradients."""
+    torch.manual_seed(0)
+    model = create_model("ssdlite_effl0", num_classes=3, image_size=160)
+    model.freeze_backbone(4)
+    x = (torch.rand(2, 3, 160, 160) * 255).contiguous(memory_format=torch.channels_last)
+
+    def step():
+        model.train()
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loc, logits = model(x)
+        (loc.float().square().mean() + logits.float().square().mean()).backward()
+        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    reference = step()
+    model.backbone._frozen._key = None
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.eval()
+        model(x)
+    for a, b in zip(reference, step()):
+        assert torch.equal(a, b)

@@ -71,7 +71,7 @@ class ConvAct(nn.Module):
 
     def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
         w, b = self.conv.weight, self.conv.bias
-        key = (dtype, w._version, w.data_ptr())
+        key = (dtype, w.data_ptr(), None if w.is_inference() else w._version)  # inference tensors have none
         if self._cache[0] != key:  # cast once (autocast casts the weights on every call)
             self._cache = (key, w.to(dtype), None if b is None else b.to(dtype))
         return self._cache[1], self._cache[2]
@@ -148,7 +148,8 @@ class FrozenPrefix:
     def get(self, like: torch.Tensor) -> list[nn.Module]:
         channels_last = like.dim() == 4 and like.is_contiguous(memory_format=torch.channels_last)
         params = [t for m in self.modules for t in list(m.parameters()) + list(m.buffers())]
-        key = (like.device, channels_last, tuple(t._version for t in params), tuple(id(t) for t in params))
+        versions = tuple(None if t.is_inference() else t._version for t in params)  # inference tensors have none
+        key = (like.device, channels_last, versions, tuple(id(t) for t in params))
         if key != self._key:
             fmt = torch.channels_last if channels_last else torch.contiguous_format
             self._fused = [fuse_conv_bn(m).to(device=like.device, memory_format=fmt) for m in self.modules]
