@@ -101,28 +101,34 @@ def test_fusing_activations_does_not_change_a_model(name):
                 torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(a.abs().max()))
 
 
+def frozen_model() -> tuple[nn.Module, torch.Tensor]:
+    """SSDLite with its stem and first four blocks frozen, and an input batch."""
+    torch.manual_seed(0)
+    model = create_model("ssdlite_effl0", num_classes=3, image_size=160)
+    model.freeze_backbone(4)
+    return model, (torch.rand(2, 3, 160, 160) * 255).contiguous(memory_format=torch.channels_last)
+
+
+def trained_grads(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The gradients of the trained parameters for one bf16-autocast step on a toy loss."""
+    model.train()
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loc, logits = model(x)
+    (loc.float().square().mean() + logits.float().square().mean()).backward()
+    return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
 @needs_kernel
 def test_frozen_prefix_runs_fused_and_trains_the_same(monkeypatch):
     """The frozen stem and blocks of a training model run as fused kernels; the loss and
     the gradients of the trained layers are the same as without fusion."""
-    torch.manual_seed(0)
-    model = create_model("ssdlite_effl0", num_classes=3, image_size=160)
-    model.freeze_backbone(4)
-    model.train()
-    x = (torch.rand(2, 3, 160, 160) * 255).contiguous(memory_format=torch.channels_last)
-
-    def grads():
-        model.backbone._frozen._key = None  # rebuild the fused prefix
-        model.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loc, logits = model(x)
-        (loc.float().square().mean() + logits.float().square().mean()).backward()
-        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
-
-    fused = grads()
+    model, x = frozen_model()
+    fused = trained_grads(model, x)
     assert any(isinstance(m, ConvAct) for f in model.backbone._frozen._fused for m in f.modules())
     monkeypatch.setattr(fuse, "_POINTWISE_CONV", None)
-    for a, b in zip(fused, grads()):
+    model.backbone._frozen._key = None  # rebuild the fused prefix
+    for a, b in zip(fused, trained_grads(model, x)):
         assert torch.equal(a, b)
 
 
@@ -130,23 +136,11 @@ def test_frozen_prefix_runs_fused_and_trains_the_same(monkeypatch):
 def test_fused_modules_built_under_inference_mode_still_train():
     """Evaluating first (inference mode) builds the fused prefix from inference tensors; a
     training step afterwards must still run and give the same gradients."""
-    torch.manual_seed(0)
-    model = create_model("ssdlite_effl0", num_classes=3, image_size=160)
-    model.freeze_backbone(4)
-    x = (torch.rand(2, 3, 160, 160) * 255).contiguous(memory_format=torch.channels_last)
-
-    def step():
-        model.train()
-        model.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loc, logits = model(x)
-        (loc.float().square().mean() + logits.float().square().mean()).backward()
-        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
-
-    reference = step()
+    model, x = frozen_model()
+    reference = trained_grads(model, x)
     model.backbone._frozen._key = None
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         model.eval()
         model(x)
-    for a, b in zip(reference, step()):
+    for a, b in zip(reference, trained_grads(model, x)):
         assert torch.equal(a, b)
