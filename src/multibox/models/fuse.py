@@ -90,19 +90,33 @@ _POINTWISE_CONV = _pointwise_conv()
 _FUSABLE_ACTS = (nn.ReLU, nn.ReLU6)
 
 
+def _conv_bn_acts(m: nn.Module) -> list[tuple[str, str | None, str | None]]:
+    """``(conv, bn, activation)`` attribute names in ``m`` (``None`` where there is none): the
+    module's declared ``conv_bn_pairs`` and ``conv_bn_acts``, and for an ``nn.Sequential`` every
+    Conv2d child with the BatchNorm2d and/or ReLU/ReLU6 right after it."""
+    found = [(c, b, None) for c, b in getattr(m, "conv_bn_pairs", ())] + list(getattr(m, "conv_bn_acts", ()))
+    if isinstance(m, nn.Sequential):
+        children = list(m._modules.items())
+        for i, (name, child) in enumerate(children):
+            if not isinstance(child, nn.Conv2d):
+                continue
+            after = children[i + 1:i + 3]
+            bn = after.pop(0)[0] if after and isinstance(after[0][1], nn.BatchNorm2d) else None
+            act = after[0][0] if after and type(after[0][1]) in _FUSABLE_ACTS else None
+            found.append((name, bn, act))
+    return found
+
+
 @torch.no_grad()
 def fuse_conv_bn(module: nn.Module, fuse_act: bool = True) -> nn.Module:
     """A deep copy of ``module`` (in eval mode) with every known conv+BN pair folded and, with
     ``fuse_act``, every conv(+BN)+ReLU/ReLU6 made one :class:`ConvAct`."""
     module = copy.deepcopy(module).eval()
     for m in list(module.modules()):
-        for conv_name, bn_name in getattr(m, "conv_bn_pairs", ()):
-            conv, bn = getattr(m, conv_name, None), getattr(m, bn_name, None)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
-                setattr(m, conv_name, fold_conv_bn(conv, bn))
-                setattr(m, bn_name, nn.Identity())
-        for conv_name, bn_name, act_name in getattr(m, "conv_bn_acts", ()):
-            conv, bn, act = getattr(m, conv_name, None), getattr(m, bn_name, None), getattr(m, act_name, None)
+        for conv_name, bn_name, act_name in _conv_bn_acts(m):
+            conv = getattr(m, conv_name, None)
+            bn = getattr(m, bn_name, None) if bn_name else None
+            act = getattr(m, act_name, None) if act_name else None
             if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
                 conv = fold_conv_bn(conv, bn)
                 setattr(m, conv_name, conv)
@@ -110,20 +124,6 @@ def fuse_conv_bn(module: nn.Module, fuse_act: bool = True) -> nn.Module:
             if fuse_act and isinstance(conv, nn.Conv2d) and type(act) in _FUSABLE_ACTS:
                 setattr(m, conv_name, ConvAct(conv, act))
                 setattr(m, act_name, nn.Identity())
-        if isinstance(m, nn.Sequential):
-            names = list(m._modules)
-            for i, name in enumerate(names):
-                conv = m._modules[name]
-                if not isinstance(conv, nn.Conv2d):
-                    continue
-                nxt = names[i + 1] if i + 1 < len(names) else None
-                if nxt is not None and isinstance(m._modules[nxt], nn.BatchNorm2d):
-                    conv = m._modules[name] = fold_conv_bn(conv, m._modules[nxt])
-                    m._modules[nxt] = nn.Identity()
-                    nxt = names[i + 2] if i + 2 < len(names) else None
-                if fuse_act and nxt is not None and type(m._modules[nxt]) in _FUSABLE_ACTS:
-                    m._modules[name] = ConvAct(conv, m._modules[nxt])
-                    m._modules[nxt] = nn.Identity()
     for p in module.parameters():
         p.requires_grad_(False)
     return module
