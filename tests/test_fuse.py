@@ -90,7 +90,7 @@ def test_fusing_activations_does_not_change_a_model(name):
     x = (torch.rand(1, 3, size, size) * 255).contiguous(memory_format=torch.channels_last)
     plain = fuse_conv_bn(model, fuse_act=False).to(memory_format=torch.channels_last)
     fused = fuse_conv_bn(model).to(memory_format=torch.channels_last)
-    assert sum(type(m) in (nn.ReLU, nn.ReLU6) for m in model.modules()) == acts
+    assert sum(isinstance(m, (nn.ReLU, nn.ReLU6)) for m in model.modules()) == acts
     assert sum(isinstance(m, ConvAct) for m in fused.modules()) == fusable
     assert sum(isinstance(m, nn.BatchNorm2d) for m in fused.modules()) == unfolded
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "ssdlite_effl0"):

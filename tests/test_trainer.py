@@ -9,7 +9,7 @@ import torch
 from helpers import make_voc
 from multibox.config import load_config
 from multibox.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from multibox.engine.trainer import Trainer, TrainingError, lr_factor, param_groups
+from multibox.engine.trainer import Trainer, TrainingError, clip_grad_norm, lr_factor, make_sgd, param_groups
 
 TINY = {"image_size": 128, "feature_strides": [16, 32], "extra_channels": [128, 64], "pretrained_backbone": False}
 
@@ -46,6 +46,32 @@ def test_no_weight_decay_on_biases_and_norms():
     decay, no_decay = param_groups(m, 5e-4)
     assert all(p.ndim == 4 for p in decay["params"])
     assert any(p is m.backbone.l2norm.weight for p in no_decay["params"]) and no_decay["weight_decay"] == 0
+
+
+def test_fused_sgd_and_clipping_match_pytorchs_loop_bit_for_bit():
+    torch.manual_seed(0)
+    nets = [torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1)) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    ours = make_sgd(param_groups(nets[0], 1e-4), 0.01, 0.9, torch.device("cpu"))
+    ref = torch.optim.SGD(param_groups(nets[1], 1e-4), lr=0.01, momentum=0.9, foreach=False)
+    assert ours.defaults.get("fused")
+    for step in range(4):
+        x = torch.randn(2, 3, 8, 8)
+        limit = 0.1 if step % 2 else 1e6  # clipped on odd steps only
+        for net in nets:
+            net.zero_grad()
+            net(x).square().mean().backward()
+        norm = clip_grad_norm(nets[0].parameters(), limit)
+        ref_norm = torch.nn.utils.clip_grad_norm_(nets[1].parameters(), limit)
+        assert torch.equal(norm, ref_norm) and (norm > limit) == bool(step % 2)
+        for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+            assert torch.equal(a.grad, b.grad)
+        ours.step()
+        ref.step()
+        for g in ours.param_groups + ref.param_groups:
+            g["lr"] *= 0.7
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        assert torch.isfinite(a).all() and torch.equal(a, b)
 
 
 def test_training_lowers_the_loss(voc_root, tmp_path):

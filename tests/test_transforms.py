@@ -90,6 +90,11 @@ def test_collate_pads_targets():
     assert batch["boxes"].shape == (2, 2, 4) and batch["labels"].shape == (2, 2)
     assert batch["labels"][1, 1] == 0 and (batch["boxes"][1, 1] == 0).all()
     assert batch["sizes"].tolist() == [[150, 200], [150, 200]]
+    # pixel-interleaved (channels-last) uint8, the same values as stacking the samples
+    samples = [t(_sample(np.random.default_rng(4), 2), 0)]
+    images = collate(samples)["images"]
+    assert images.dtype == torch.uint8 and images.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(images[0], samples[0]["image"])
 
 
 def test_collate_of_images_without_objects():

@@ -203,7 +203,11 @@ class SSDTransform:
 
 def collate(samples: list[dict]) -> dict:
     """Stack images ``(N, 3, S, S)`` uint8 and pad targets: ``boxes (N, M, 4)``, ``labels (N, M)``
-    (0 = padding); metadata (ids, paths, original sizes) stays in lists."""
+    (0 = padding); metadata (ids, paths, original sizes) stays in lists.
+
+    The images keep the samples' pixel-interleaved layout (``torch.channels_last`` strides):
+    stacking is then a plain copy, and so is the float conversion the model's
+    channels-last input needs."""
     n = len(samples)
     m = max((len(s["labels"]) for s in samples), default=0)
     boxes = torch.zeros(n, m, 4)
@@ -213,7 +217,7 @@ def collate(samples: list[dict]) -> dict:
         k = len(s["labels"])
         boxes[i, :k], labels[i, :k], difficult[i, :k] = s["boxes"], s["labels"], s["difficult"]
     return {
-        "images": torch.stack([s["image"] for s in samples]),
+        "images": torch.stack([s["image"].permute(1, 2, 0) for s in samples]).permute(0, 3, 1, 2),
         "boxes": boxes,
         "labels": labels,
         "difficult": difficult,

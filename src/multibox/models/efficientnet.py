@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .fuse import FrozenPrefix
-from .layers import DepthwiseConv2d
+from .layers import DepthwiseConv2d, ReLU6
 from .weights import check_state_dict, read_state_dict
 
 # (kernel, stride, expand ratio, output channels, repeats) per stage, from the Lite0 definition.
@@ -51,7 +51,7 @@ class MBConv(nn.Module):
         self._project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
         self._bn2 = nn.BatchNorm2d(out_ch, **_BN)
         self.residual = stride == 1 and in_ch == out_ch
-        self.act0, self.act1 = nn.ReLU6(inplace=True), nn.ReLU6(inplace=True)  # one each: fusable separately
+        self.act0, self.act1 = ReLU6(inplace=True), ReLU6(inplace=True)  # one each: fusable separately
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.act0(self._bn0(self._expand_conv(x))) if self.has_expand else x
@@ -80,7 +80,7 @@ class EfficientNetLite0(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
-        self._act_stem, self._act_head = nn.ReLU6(inplace=True), nn.ReLU6(inplace=True)
+        self._act_stem, self._act_head = ReLU6(inplace=True), ReLU6(inplace=True)
         self._fc = nn.Linear(1280, 1000) if include_top else None
         self._frozen: FrozenPrefix | None = None
 

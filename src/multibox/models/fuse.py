@@ -28,7 +28,7 @@ from torch import Tensor, nn
 @torch.no_grad()
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    # type(conv): a DepthwiseConv2d stays one (it keeps float32 under autocast)
+    # type(conv): a DepthwiseConv2d stays one (its gradients stay float32 under autocast)
     fused = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                        conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode).to(conv.weight)
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
@@ -102,7 +102,7 @@ def _conv_bn_acts(m: nn.Module) -> list[tuple[str, str | None, str | None]]:
                 continue
             after = children[i + 1:i + 3]
             bn = after.pop(0)[0] if after and isinstance(after[0][1], nn.BatchNorm2d) else None
-            act = after[0][0] if after and type(after[0][1]) in _FUSABLE_ACTS else None
+            act = after[0][0] if after and isinstance(after[0][1], _FUSABLE_ACTS) else None
             found.append((name, bn, act))
     return found
 
@@ -121,7 +121,7 @@ def fuse_conv_bn(module: nn.Module, fuse_act: bool = True) -> nn.Module:
                 conv = fold_conv_bn(conv, bn)
                 setattr(m, conv_name, conv)
                 setattr(m, bn_name, nn.Identity())
-            if fuse_act and isinstance(conv, nn.Conv2d) and type(act) in _FUSABLE_ACTS:
+            if fuse_act and isinstance(conv, nn.Conv2d) and isinstance(act, _FUSABLE_ACTS):
                 setattr(m, conv_name, ConvAct(conv, act))
                 setattr(m, act_name, nn.Identity())
     for p in module.parameters():

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from .layers import DepthwiseConv2d
+from .layers import DepthwiseConv2d, ReLU6
 
 
 def flatten_head_output(x: Tensor, values_per_prior: int) -> Tensor:
@@ -25,7 +25,7 @@ def depthwise_separable(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequen
     return nn.Sequential(
         DepthwiseConv2d(in_ch, in_ch, 3, padding=1, groups=in_ch, bias=False),
         nn.BatchNorm2d(in_ch),
-        nn.ReLU6(inplace=True),
+        ReLU6(inplace=True),
         nn.Conv2d(in_ch, out_ch, 1, bias=bias),
     )
 
@@ -124,13 +124,13 @@ def lite_extra_layers(in_channels: int, out_channels: Sequence[int]) -> nn.Modul
             nn.Sequential(
                 nn.Conv2d(c, mid, 1, bias=False),
                 nn.BatchNorm2d(mid),
-                nn.ReLU6(inplace=True),
+                ReLU6(inplace=True),
                 DepthwiseConv2d(mid, mid, 3, stride=2, padding=1, groups=mid, bias=False),
                 nn.BatchNorm2d(mid),
-                nn.ReLU6(inplace=True),
+                ReLU6(inplace=True),
                 nn.Conv2d(mid, out, 1, bias=False),
                 nn.BatchNorm2d(out),
-                nn.ReLU6(inplace=True),
+                ReLU6(inplace=True),
             )
         )
         c = out

@@ -136,7 +136,7 @@ class SSD(nn.Module):
         return self.priors.shape[0]
 
     def feature_maps(self, images: Tensor) -> list[Tensor]:
-        x = (images - self.mean) / self.std
+        x = torch.sub(images, self.mean).div_(self.std)  # one new tensor, same numbers
         maps = self.backbone(x)
         if isinstance(maps, Tensor):
             maps = [maps]
