@@ -4,7 +4,7 @@
 keys) whose backward pass runs in float32 on CPUs, also under ``torch.autocast``.
 On CPUs with bf16 matrix units (AMX), autocast makes the pointwise (1x1)
 convolutions of MobileNet-style blocks 2-3x faster, and oneDNN's bf16 depthwise
-forward is fast too, but its bf16 depthwise backward pass is about 4x slower than
+forward is fast too, but its bf16 depthwise backward pass is 1.5-6x slower than
 the float32 one. So a depthwise layer that trains computes its forward pass in the
 autocast dtype (output in that dtype, like every other convolution) and its
 gradients in float32 from the saved bf16 input (:class:`MixedDepthwise`); frozen
