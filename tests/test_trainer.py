@@ -72,6 +72,15 @@ def test_fused_sgd_and_clipping_match_pytorchs_loop_bit_for_bit():
             g["lr"] *= 0.7
     for a, b in zip(nets[0].parameters(), nets[1].parameters()):
         assert torch.isfinite(a).all() and torch.equal(a, b)
+    # a NaN gradient: the norm is NaN and every gradient is multiplied by it, as in PyTorch
+    grads = [torch.tensor([1.0, float("nan")]), torch.tensor([2.0, 3.0])]
+    ref_grads = [g.clone() for g in grads]
+    params = [torch.zeros(2, requires_grad=True) for _ in grads]
+    ref_params = [torch.zeros(2, requires_grad=True) for _ in grads]
+    for p, g, q, h in zip(params, grads, ref_params, ref_grads):
+        p.grad, q.grad = g, h
+    assert clip_grad_norm(params, 1.0).isnan() and torch.nn.utils.clip_grad_norm_(ref_params, 1.0).isnan()
+    assert all(p.grad.isnan().all() and q.grad.isnan().all() for p, q in zip(params, ref_params))
 
 
 def test_training_lowers_the_loss(voc_root, tmp_path):

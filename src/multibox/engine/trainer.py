@@ -83,7 +83,9 @@ def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
         return torch.tensor(0.0)
     total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
     coef = max_norm / (total + 1e-6)
-    if coef < 1:
+    if total.device.type != "cpu":  # no host sync on accelerators: multiply as PyTorch does
+        torch._foreach_mul_(grads, coef.clamp(max=1.0))
+    elif not coef >= 1:  # below 1, or NaN (which PyTorch's clamp keeps and multiplies by)
         torch._foreach_mul_(grads, coef)
     return total
 
