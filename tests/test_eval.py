@@ -254,6 +254,28 @@ def test_coco_files_round_trip_and_mismatched_ids(tmp_path):
         evaluate_coco_files(tmp_path / "gt.json", tmp_path / "det.json")
 
 
+def test_error_breakdown_of_the_best_scored_detections_by_hand():
+    # class "a": five objects and a difficult one; class "b": one object at D
+    E, F, G, D = [10, 200, 50, 240], [60, 10, 90, 40], [150, 10, 190, 50], [200, 200, 240, 240]
+    ev = Evaluator(["a", "b"])
+    ev.add(1, [A, B, C, E, F, G, D], [1, 1, 1, 1, 1, 1, 2],
+           [G,                   # 0.99 on the difficult object: ignored, takes no rank
+            A,                   # 0.95 true positive
+            [14, 10, 54, 50],    # 0.90 A again (IoU 1440/1760): duplicate
+            D,                   # 0.85 on the other class's object: confusion
+            [100, 100, 120, 160],  # 0.80 a third of B (IoU 1200/3000 = 0.4): localization
+            FAR,                 # 0.75 nothing there: background
+            B],                  # 0.70 a true positive, but ranked sixth of five counted
+           [0.99, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7], [1] * 7,
+           difficult=[False] * 5 + [True, False])
+    r = ev.compute(coco=False)
+    assert r.errors[1] == {"tp": 1, "duplicate": 1, "localization": 1, "confusion": 1, "background": 1,
+                           "missed": 3}  # C, E and F are never found; B is found below the cut
+    assert r.errors[2] == {"tp": 0, "duplicate": 0, "localization": 0, "confusion": 0, "background": 0,
+                           "missed": 1}
+    assert "localization" in r.table() and r.to_dict()["per_class"]["a"]["errors"]["missed"] == 3
+
+
 def test_voc_ap_function_edge_cases():
     assert voc_ap(np.array([]), np.array([])) == 0.0
     assert voc_ap(np.array([1.0]), np.array([1.0]), use_07_metric=True) == pytest.approx(1.0)

@@ -25,7 +25,7 @@ import numpy as np
 
 from ..boxes import box_iou_numpy
 from .coco import coco_evaluate, coco_ground_truth, coco_results
-from .voc import ClassResult, class_result, mean_ap
+from .voc import ERROR_KINDS, ClassResult, class_result, error_breakdown, mean_ap
 
 
 def _as_boxes(x, what: str, image_id) -> np.ndarray:
@@ -53,6 +53,7 @@ class EvalReport:
     ap_at: dict[float, float] = field(default_factory=dict)  # extra IoU thresholds -> area mAP
     coco: dict[str, float] | None = None
     num_images: int = 0
+    errors: dict[int, dict[str, int]] | None = None  # label -> error breakdown at IoU 0.5
 
     @property
     def map07(self) -> float:
@@ -77,6 +78,12 @@ class EvalReport:
         if self.coco:
             lines.append("COCO: " + "  ".join(f"{k} {'n/a' if math.isnan(v) else f'{v:.4f}'}"
                                               for k, v in self.coco.items()))
+        if self.errors:
+            lines += ["", "each class's best-scored detections, as many as its objects (IoU 0.5); "
+                      "missed: objects no detection finds"]
+            lines.append(f"{'class':<{w}}  " + "  ".join(f"{k:>12}" for k in ERROR_KINDS))
+            for label, name in enumerate(self.class_names, start=1):
+                lines.append(f"{name:<{w}}  " + "  ".join(f"{self.errors[label][k]:>12}" for k in ERROR_KINDS))
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -89,7 +96,8 @@ class EvalReport:
             "mAP50": clean(self.map),
             "per_class": {
                 name: {"AP50_voc07": self.voc07[l].ap, "AP50": self.voc[l].ap,
-                       "num_gt": self.voc[l].num_gt, "num_det": self.voc[l].num_det}
+                       "num_gt": self.voc[l].num_gt, "num_det": self.voc[l].num_det,
+                       "errors": None if self.errors is None else self.errors[l]}
                 for l, name in enumerate(self.class_names, start=1)
             },
             "mAP_at_iou": {f"{t:.2f}": clean(v) for t, v in sorted(self.ap_at.items())},
@@ -129,7 +137,8 @@ class Evaluator:
         self._gt_labels: list[np.ndarray] = []
         self._gt_difficult: list[np.ndarray] = []
         # detections, flat, with their best ground truth
-        self._det: list[np.ndarray] = []  # rows: image, label, score, overlap, gt index, gt difficult
+        # rows: image, label, score, overlap, gt index, gt difficult, best overlap with another class
+        self._det: list[np.ndarray] = []
         self._det_boxes: list[np.ndarray] = []
         self._num_gt = 0
 
@@ -184,7 +193,9 @@ class Evaluator:
         if len(db):
             if len(gb):
                 iou = box_iou_numpy(db, gb)
-                iou[dl[:, None] != gl[None, :]] = -1.0  # only objects of the detection's class
+                same = dl[:, None] == gl[None, :]
+                other = np.where(same, 0.0, iou).max(axis=1)  # for the error breakdown
+                iou[~same] = -1.0  # only objects of the detection's class
                 j = iou.argmax(axis=1)
                 ov = iou[np.arange(len(db)), j]
                 has = ov >= 0
@@ -195,14 +206,15 @@ class Evaluator:
                 gidx = np.full(len(db), -1)
                 gdiff = np.zeros(len(db), dtype=bool)
                 ov = np.zeros(len(db))
-            self._det.append(np.stack([np.full(len(db), index), dl, ds, ov, gidx, gdiff], axis=1))
+                other = np.zeros(len(db))
+            self._det.append(np.stack([np.full(len(db), index), dl, ds, ov, gidx, gdiff, other], axis=1))
             self._det_boxes.append(db)
         self._num_gt += len(gb)
 
     # --- results ------------------------------------------------------------
 
     def _flat(self):
-        det = np.concatenate(self._det) if self._det else np.zeros((0, 6))
+        det = np.concatenate(self._det) if self._det else np.zeros((0, 7))
         gl = np.concatenate(self._gt_labels) if self._gt_labels else np.zeros(0, dtype=np.int64)
         gd = np.concatenate(self._gt_difficult) if self._gt_difficult else np.zeros(0, dtype=bool)
         return det, gl, gd
@@ -216,6 +228,17 @@ class Evaluator:
             num_gt = int(((gl == label) & ~gd).sum())
             out[label] = class_result(d[:, 2], d[:, 3], d[:, 4].astype(np.int64), d[:, 5].astype(bool),
                                       num_gt, iou_threshold, use_07_metric)
+        return out
+
+    def errors(self, iou_threshold: float = 0.5) -> dict[int, dict[str, int]]:
+        """Per class, what its best-scored detections are (see :func:`multibox.eval.voc.error_breakdown`)."""
+        det, gl, gd = self._flat()
+        out = {}
+        for label in range(1, len(self.class_names) + 1):
+            d = det[det[:, 1] == label]
+            num_gt = int(((gl == label) & ~gd).sum())
+            out[label] = error_breakdown(d[:, 2], d[:, 3], d[:, 4].astype(np.int64), d[:, 5].astype(bool), d[:, 6],
+                                         num_gt, iou_threshold)
         return out
 
     def coco(self) -> dict[str, float]:
@@ -235,7 +258,8 @@ class Evaluator:
 
     def compute(self, coco: bool = True) -> EvalReport:
         """VOC AP at 0.5 with both interpolations, extra thresholds, and COCO metrics."""
-        report = EvalReport(self.class_names, self.voc(0.5, True), self.voc(0.5, False), num_images=len(self))
+        report = EvalReport(self.class_names, self.voc(0.5, True), self.voc(0.5, False), num_images=len(self),
+                            errors=self.errors(0.5))
         for t in self.iou_thresholds:
             report.ap_at[t] = mean_ap(self.voc(t, False))
         if coco:

@@ -99,6 +99,42 @@ def class_result(scores, overlaps, gt_index, gt_difficult, num_gt, iou_threshold
     return ClassResult(voc_ap(recall, precision, use_07_metric), int(num_gt), len(scores), recall, precision)
 
 
+ERROR_KINDS = ("tp", "duplicate", "localization", "confusion", "background", "missed")
+
+
+def error_breakdown(
+    scores: np.ndarray,
+    overlaps: np.ndarray,
+    gt_index: np.ndarray,
+    gt_difficult: np.ndarray,
+    other_overlaps: np.ndarray,
+    num_gt: int,
+    iou_threshold: float = 0.5,
+    low_iou: float = 0.1,
+) -> dict[str, int]:
+    """What a class's best-scored detections are, and which of its objects no detection finds.
+
+    The ``num_gt`` highest-scored detections (difficult matches left out) are as many as a
+    perfect detector would return. Each is a true positive (devkit rules), else, in this order:
+    a *duplicate* (above the threshold with an object already taken), *confusion* (above the
+    threshold with an object of another class, ``other_overlaps``), *localization*
+    (``low_iou < IoU <= threshold`` with an object of its class), or *background* (nothing of
+    its class nearby: a false alarm, or an object the annotators left out). *missed* counts the
+    objects that no detection of the class takes, at any score.
+    """
+    order, tp = true_positives(scores, overlaps, gt_index, gt_difficult, iou_threshold)
+    counted = tp >= 0
+    missed = num_gt - int((tp == 1).sum())
+    idx = order[counted][:num_gt]
+    t = tp[counted][:num_gt]
+    fp = t == 0
+    dup = fp & (overlaps[idx] > iou_threshold)
+    conf = fp & ~dup & (other_overlaps[idx] > iou_threshold)
+    loc = fp & ~dup & ~conf & (overlaps[idx] > low_iou)
+    return {"tp": int((t == 1).sum()), "duplicate": int(dup.sum()), "localization": int(loc.sum()),
+            "confusion": int(conf.sum()), "background": int((fp & ~dup & ~conf & ~loc).sum()), "missed": missed}
+
+
 def mean_ap(results: dict[int, ClassResult]) -> float:
     """Mean over classes that have ground truth (NaN if none has)."""
     aps = [r.ap for r in results.values() if r.ap is not None]
