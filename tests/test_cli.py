@@ -25,7 +25,7 @@ def test_train_val_and_evaluate_commands(shapes, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "training ssdlite_effl0 on shapes/train" in text and "mean" in text
     for f in ("last.pt", "metrics.json", "metrics.txt", "log.csv", "training_curves.png",
-              "pr_curves/pr_curves.png", "predictions_overview.jpg"):
+              "pr_curves/pr_curves.png", "errors.png", "predictions_overview.jpg"):
         assert (out / f).exists(), f
     m = json.loads((out / "metrics.json").read_text())
     assert m["checkpoint"] == "last epoch" and set(m["per_class"]) == {"blue", "green", "red", "yellow"}

@@ -293,3 +293,7 @@ def test_report_outputs(tmp_path):
     paths = plot_pr_curves(r, tmp_path / "plots")
     assert [p.split("/")[-1] for p in paths] == ["pr_curves.png", "pr_a.png", "pr_b.png"]
     assert all((tmp_path / "plots" / p.split("/")[-1]).stat().st_size > 5000 for p in paths)
+    from multibox.viz import plot_errors
+
+    plot_errors(r, tmp_path / "errors.png")
+    assert (tmp_path / "errors.png").stat().st_size > 5000

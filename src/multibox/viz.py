@@ -129,6 +129,34 @@ def plot_pr_curves(report, out_dir: str | os.PathLike) -> list[str]:
     return [p] + paths
 
 
+ERROR_COLORS = {"tp": "tab:green", "duplicate": "tab:olive", "localization": "tab:orange",
+                "confusion": "tab:purple", "background": "tab:red", "missed": "tab:gray"}
+
+
+def plot_errors(report, path: str | os.PathLike) -> None:
+    """One horizontal bar per class: what its best-scored detections are (as many as its objects),
+    then, past the bar's end, the objects no detection finds (``report.errors``)."""
+    plt = _pyplot()
+    names = report.class_names
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(names) + 1.6))
+    y = np.arange(len(names))[::-1]
+    objects = np.array([max(report.voc[label].num_gt, 1) for label in range(1, len(names) + 1)], dtype=float)
+    left = np.zeros(len(names))
+    for kind, color in ERROR_COLORS.items():
+        share = np.array([report.errors[label][kind] for label in range(1, len(names) + 1)]) / objects
+        ax.barh(y, share, left=left, color=color, label=kind, hatch="//" if kind == "missed" else None,
+                alpha=0.6 if kind == "missed" else 1.0)
+        left += share
+    ax.set_yticks(y, [f"{n} ({report.voc[i].num_gt})" for i, n in enumerate(names, start=1)])
+    ax.axvline(1.0, color="black", lw=0.8)
+    ax.set_xlabel("share of the class's objects: its best-scored detections (up to 1), then the objects missed")
+    ax.set_title("What the top detections of each class are (IoU 0.5)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25 if len(names) < 4 else -0.12), ncol=6, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_training_curves(history: list[dict], path: str | os.PathLike) -> None:
     """Loss (total, localisation, confidence) per epoch, and validation mAP where measured."""
     plt = _pyplot()

@@ -1,5 +1,5 @@
 """Score a trained detector on a split and write the report: ``metrics.json``,
-``metrics.txt`` (the per-class table), PR curves and pictures of predictions."""
+``metrics.txt`` (the per-class table), PR curves, ``errors.png`` and pictures of predictions."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ from ..data.base import DetectionDataset
 from ..data.image import read_image
 from ..eval import EvalReport
 from ..models import SSD
-from ..viz import draw_boxes, image_grid, plot_pr_curves, save_image, side_by_side
+from ..viz import draw_boxes, image_grid, plot_errors, plot_pr_curves, save_image, side_by_side
 from .evaluate import evaluate_model
 
 
@@ -33,6 +33,8 @@ def write_report(model: SSD, dataset: DetectionDataset, out_dir: str, device="cp
     with open(os.path.join(out_dir, "metrics.txt"), "w") as f:
         f.write(f"{dataset.name}: {len(dataset)} images\n{report.table()}\n")
     plot_pr_curves(report, os.path.join(out_dir, "pr_curves"))
+    if report.errors:
+        plot_errors(report, os.path.join(out_dir, "errors.png"))
     pic_dir = os.path.join(out_dir, "predictions")
     os.makedirs(pic_dir, exist_ok=True)
     n = len(dataset) if draw is None else min(draw, len(dataset))
