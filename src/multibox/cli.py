@@ -99,7 +99,7 @@ def _train_and_report(cfg, resume: str | None, draw: int | None) -> int:
                           draw=draw, extra={"train_seconds": round(train_s, 1), "checkpoint": chosen,
                                             "model": cfg.model.name})
     print(report.table())
-    print(f"total {time.time() - start:.0f} s; wrote metrics.json, metrics.txt, pr_curves/, predictions/, "
+    print(f"total {time.time() - start:.0f} s; wrote metrics.json, metrics.txt, pr_curves/, errors.png, predictions/, "
           f"training_curves.png and checkpoints to {cfg.out_dir}")
     return 0
 
@@ -155,7 +155,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
         model.postprocess_config.tta = args.tta
     report = write_report(model, dataset, out, device=args.device, draw=args.draw)
     print(report.table())
-    print(f"wrote metrics.json, metrics.txt, pr_curves/ and predictions/ to {out}")
+    print(f"wrote metrics.json, metrics.txt, pr_curves/, errors.png and predictions/ to {out}")
     return 0
 
 
