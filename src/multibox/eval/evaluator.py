@@ -219,27 +219,23 @@ class Evaluator:
         gd = np.concatenate(self._gt_difficult) if self._gt_difficult else np.zeros(0, dtype=bool)
         return det, gl, gd
 
-    def voc(self, iou_threshold: float = 0.5, use_07_metric: bool = False) -> dict[int, ClassResult]:
-        """Per-class VOC AP at one IoU threshold."""
+    def _per_class(self):
+        """For each label: its detections' match columns (score, overlap, gt index, gt difficult,
+        overlap with another class) and its number of non-difficult objects."""
         det, gl, gd = self._flat()
-        out = {}
         for label in range(1, len(self.class_names) + 1):
             d = det[det[:, 1] == label]
-            num_gt = int(((gl == label) & ~gd).sum())
-            out[label] = class_result(d[:, 2], d[:, 3], d[:, 4].astype(np.int64), d[:, 5].astype(bool),
-                                      num_gt, iou_threshold, use_07_metric)
-        return out
+            cols = (d[:, 2], d[:, 3], d[:, 4].astype(np.int64), d[:, 5].astype(bool), d[:, 6])
+            yield label, cols, int(((gl == label) & ~gd).sum())
+
+    def voc(self, iou_threshold: float = 0.5, use_07_metric: bool = False) -> dict[int, ClassResult]:
+        """Per-class VOC AP at one IoU threshold."""
+        return {label: class_result(*cols[:4], num_gt, iou_threshold, use_07_metric)
+                for label, cols, num_gt in self._per_class()}
 
     def errors(self, iou_threshold: float = 0.5) -> dict[int, dict[str, int]]:
         """Per class, what its best-scored detections are (see :func:`multibox.eval.voc.error_breakdown`)."""
-        det, gl, gd = self._flat()
-        out = {}
-        for label in range(1, len(self.class_names) + 1):
-            d = det[det[:, 1] == label]
-            num_gt = int(((gl == label) & ~gd).sum())
-            out[label] = error_breakdown(d[:, 2], d[:, 3], d[:, 4].astype(np.int64), d[:, 5].astype(bool), d[:, 6],
-                                         num_gt, iou_threshold)
-        return out
+        return {label: error_breakdown(*cols, num_gt, iou_threshold) for label, cols, num_gt in self._per_class()}
 
     def coco(self) -> dict[str, float]:
         """COCO AP/AR through faster-coco-eval (difficult objects count as ordinary objects)."""
