@@ -30,12 +30,21 @@ def test_depthwise_conv_trains_forward_in_bf16_and_backward_in_float32(stride, b
                                          stride, 1, 1, 8))
     grad = torch.randn_like(out)
     out.backward(grad)
-    # the same gradients as float32 on the widened tensors, the input's narrowed to bf16
+    # the same weight and bias gradients as float32 on the widened tensors
     w = dw.weight.detach().requires_grad_()
     b = dw.bias.detach().requires_grad_() if bias else None
     x32 = xb.detach().float().requires_grad_()
     F.conv2d(x32, w, b, stride, 1, 1, 8).backward(grad.float())
-    assert xb.grad.dtype == torch.bfloat16 and torch.equal(xb.grad, x32.grad.bfloat16())
+    assert xb.grad.dtype == torch.bfloat16
+    if stride == 2:  # the input gradient too, narrowed to bf16
+        assert torch.equal(xb.grad, x32.grad.bfloat16())
+    else:  # a bf16 convolution with the bf16 weight the forward pass used: float32's gradient, rounded once
+        x32.grad = None
+        F.conv2d(x32, dw.weight.detach().bfloat16().float(), None, stride, 1, 1, 8).backward(grad.float())
+        ref = x32.grad
+        assert not torch.equal(xb.grad.float(), x32.grad)  # it is bf16, not float32
+        err = (xb.grad.float() - ref).abs()
+        assert (err <= ref.abs() * 2**-8 + 1e-6).all()  # within half a bf16 step of each exact value
     if frozen:
         assert dw.weight.grad is None
     else:
