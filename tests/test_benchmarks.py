@@ -22,3 +22,19 @@ def test_markdown_table_replaces_only_its_region(tmp_path):
     assert "| post-process | 10.0 | 100.0 | ms | 10.0x | >= 20x | **no** |" in second
     assert "20.0x" not in second and second.startswith("# Title") and second.endswith("notes after the table\n")
     assert second.count(bench.TABLE_BEGIN) == 1
+
+
+def test_paired_timing_alternates_the_two_sides_and_takes_medians(monkeypatch):
+    calls, clock = [], iter(range(1000))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
+
+    def side(name, cost):
+        def fn():
+            calls.append(name)
+            for _ in range(cost - 1):  # each call advances the fake clock by `cost` ticks in all
+                next(clock)
+        return fn
+
+    t_ours, t_base = bench.timeit_pair(side("a", 1), side("b", 5), rounds=2, ours_per_round=3)
+    assert calls == ["a", "b"] + ["a", "a", "a", "b"] * 2  # one warm-up each, then alternating rounds
+    assert (t_ours, t_base) == (1.0, 5.0)

@@ -152,3 +152,17 @@ def test_onnx_export_carries_test_time_mirroring(tmp_path):
     single = det.predict(ims, batch_size=2)
     assert any(len(a) != len(b) or not np.allclose(np.sort(a.scores)[-5:], np.sort(b.scores)[-5:], atol=1e-3)
                for a, b in zip(ref, single))
+
+
+def test_onnx_export_carries_box_voting(tmp_path):
+    """A model with box_voting exports the voting into the graph: ONNX Runtime gives the
+    detector's voted boxes, which differ from plain NMS's."""
+    det = Detector.from_checkpoint(make_checkpoint(tmp_path / "m.pt", seed=4, box_voting=True))
+    assert det.model.postprocess_config.box_voting
+    onnx_det = OnnxDetector(export_onnx(det.model, tmp_path / "m.onnx", det.class_names))
+    ims = images(3, seed=12)
+    ref = det.predict(ims, batch_size=3)
+    assert_same(ref, onnx_det.predict(ims, batch_size=3))
+    plain = Detector.from_checkpoint(make_checkpoint(tmp_path / "p.pt", seed=4)).predict(ims, batch_size=3)
+    assert all(np.array_equal(np.sort(a.scores), np.sort(b.scores)) for a, b in zip(ref, plain))
+    assert any(not np.allclose(a.boxes, b.boxes, atol=0.5) for a, b in zip(ref, plain))

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from multibox.boxes import box_iou, clip_boxes, decode_boxes
-from multibox.nms import batched_nms, greedy_nms_mask, postprocess
+from multibox.nms import batched_nms, greedy_nms_mask, postprocess, vote_boxes
 from multibox.priors import ssd300_priors
 
 
@@ -18,8 +18,9 @@ def reference_nms(boxes, scores, thr):
     return keep
 
 
-def reference_postprocess(loc, logits, priors, thr=0.01, nms=0.45, top=200, cand=400, sizes=None):
-    """Per image, per class loop in the style of public SSD code."""
+def reference_postprocess(loc, logits, priors, thr=0.01, nms=0.45, top=200, cand=400, sizes=None, vote=False):
+    """Per image, per class loop in the style of public SSD code; with ``vote``, each kept box
+    becomes the score-weighted mean of the class's candidates with IoU above ``nms`` with it."""
     out = []
     scores_all = torch.softmax(logits, -1)
     for i in range(loc.shape[0]):
@@ -30,7 +31,13 @@ def reference_postprocess(loc, logits, priors, thr=0.01, nms=0.45, top=200, cand
             idx = (s > thr).nonzero().flatten()
             idx = idx[s[idx].argsort(descending=True)][:cand]
             kept = reference_nms(boxes[idx], s[idx], nms)
-            dets += [(float(s[idx[k]]), c, boxes[idx[k]]) for k in kept]
+            if vote:
+                iou = box_iou(boxes[idx], boxes[idx])
+                for k in kept:
+                    w = s[idx] * (iou[k] > nms)
+                    dets.append((float(s[idx[k]]), c, (w[:, None] * boxes[idx]).sum(0) / w.sum()))
+            else:
+                dets += [(float(s[idx[k]]), c, boxes[idx[k]]) for k in kept]
         dets.sort(key=lambda d: -d[0])
         dets = dets[:top]
         b = torch.stack([d[2] for d in dets]) if dets else torch.zeros(0, 4)
@@ -80,6 +87,48 @@ def test_postprocess_equals_per_class_reference(seed):
         assert torch.allclose(d["scores"], rs)
         assert torch.equal(d["labels"], rl)
         assert torch.allclose(d["boxes"], rb, atol=1e-3)
+
+
+def test_vote_boxes_by_hand():
+    # group 0: a kept box and two it suppressed (IoU 0.6 and 0.8), one far away (IoU 0) that
+    # does not vote; group 1: a box at the same place votes only in its own group.
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 6.0], [0.0, 0.0, 10.0, 8.0],
+                          [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 10.0, 10.0], [2.0, 2.0, 12.0, 12.0]])
+    scores = torch.tensor([0.9, 0.6, 0.3, 0.8, 0.5, 0.4])
+    group = torch.tensor([0, 0, 0, 0, 1, 1])
+    voted = vote_boxes(boxes, scores, group, torch.tensor([0, 3, 4]), 0.5)
+    y2 = (0.9 * 10 + 0.6 * 6 + 0.3 * 8) / (0.9 + 0.6 + 0.3)  # 8.333...; x and y1 agree already
+    assert torch.allclose(voted[0], torch.tensor([0.0, 0.0, 10.0, y2]))
+    assert torch.equal(voted[1], boxes[3])  # alone in its neighbourhood: unchanged
+    # box 5 overlaps box 4 by 64 / 136 = 0.47 < 0.5: it does not vote
+    assert torch.equal(voted[2], boxes[4])
+    assert torch.allclose(vote_boxes(boxes, scores, group, torch.tensor([4]), 0.45)[0],
+                          (0.5 * boxes[4] + 0.4 * boxes[5]) / 0.9)
+    # a kept box of no area overlaps nothing, not even itself, and keeps its coordinates
+    flat = torch.tensor([[1.0, 1.0, 1.0, 5.0], [0.0, 0.0, 2.0, 5.0]])
+    assert torch.equal(vote_boxes(flat, torch.tensor([0.5, 0.4]), torch.zeros(2, dtype=torch.long),
+                                  torch.tensor([0]), 0.45), flat[:1])
+
+
+@pytest.mark.parametrize("crowded", [False, True])
+def test_postprocess_box_voting_equals_per_class_reference(crowded):
+    g = torch.Generator().manual_seed(11)
+    priors = ssd300_priors()
+    loc = torch.randn(2, len(priors), 4, generator=g) * 0.5
+    logits = torch.randn(2, len(priors), 4, generator=g) * (0.1 if crowded else 2.0)
+    if not crowded:
+        logits[..., 0] += 5.0
+    sizes = torch.tensor([[480.0, 640.0], [300.0, 300.0]])
+    cap = 60 if crowded else 400
+    det = postprocess(loc, logits, priors, image_sizes=sizes, box_voting=True, candidates_per_class=cap)
+    plain = postprocess(loc, logits, priors, image_sizes=sizes, candidates_per_class=cap)
+    ref = reference_postprocess(loc, logits, priors, sizes=sizes, vote=True, cand=cap)
+    for i, d in enumerate(det.per_image()):
+        rb, rs, rl = ref[i]
+        assert len(d["scores"]) == len(rs) > 0
+        assert torch.equal(d["scores"], plain.scores[i, : len(rs)]) and torch.equal(d["labels"], rl)
+        assert torch.allclose(d["boxes"], rb, atol=1e-3)
+        assert not torch.allclose(d["boxes"], plain.boxes[i, : len(rs)], atol=1e-2)  # voting moved boxes
 
 
 def test_postprocess_top_k_and_candidate_cap_match_reference():

@@ -153,6 +153,8 @@ def _cmd_val(args: argparse.Namespace) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"val_{split}")
     if args.tta:
         model.postprocess_config.tta = args.tta
+    if args.box_voting:
+        model.postprocess_config.box_voting = args.box_voting == "on"
     report = write_report(model, dataset, out, device=args.device, draw=args.draw)
     print(report.table())
     print(f"wrote metrics.json, metrics.txt, pr_curves/, errors.png and predictions/ to {out}")
@@ -266,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draw", type=int, default=24)
     p.add_argument("--tta", choices=TTA_CHOICES,
                    help="test-time mirroring (default: the checkpoint's model setting)")
+    p.add_argument("--box-voting", choices=("on", "off"),
+                   help="box voting after NMS (default: the checkpoint's model setting)")
     p.set_defaults(func=_cmd_val)
 
     p = sub.add_parser("evaluate", help="metrics of a COCO results file against COCO ground truth")

@@ -97,6 +97,8 @@ class ExportableSSD(nn.Module):
         real = best_scores > score_threshold
         out_boxes = torch.gather(cand.reshape(images.shape[0], c * k, 4), 1, best.unsqueeze(-1).expand(-1, -1, 4))
         labels = torch.div(best, k, rounding_mode="floor") + 1
+        if m.postprocess_config.box_voting:
+            out_boxes = _vote(out_boxes, labels - 1, cand, top_scores, score_threshold, iou_threshold)
         zero = torch.zeros((), dtype=out_boxes.dtype)
         return (
             torch.where(real.unsqueeze(-1), out_boxes, zero),
@@ -104,6 +106,26 @@ class ExportableSSD(nn.Module):
             torch.where(real, labels, torch.zeros_like(labels)),
             real.sum(dim=1),
         )
+
+
+def _vote(kept: Tensor, cls: Tensor, cand: Tensor, cand_scores: Tensor, score_threshold: Tensor,
+          iou_threshold: Tensor) -> Tensor:
+    """:func:`multibox.nms.vote_boxes` on dense blocks: ``kept (N, D, 4)`` of classes ``cls (N, D)``
+    against the candidates ``cand (N, C, K, 4)`` with ``cand_scores (N, C, K)`` of their class
+    (those above the score threshold vote)."""
+    n, d = cls.shape
+    k = cand.shape[2]
+    voters = torch.gather(cand, 1, cls.view(n, d, 1, 1).expand(-1, -1, k, 4))  # (N, D, K, 4)
+    scores = torch.gather(cand_scores, 1, cls.view(n, d, 1).expand(-1, -1, k))  # (N, D, K)
+    a = kept.unsqueeze(2)
+    wh = (torch.minimum(a[..., 2:], voters[..., 2:]) - torch.maximum(a[..., :2], voters[..., :2])).clamp(min=0)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
+    area_b = (voters[..., 2:] - voters[..., :2]).clamp(min=0).prod(-1)
+    member = (wh.prod(-1) * (1.0 + iou_threshold) > (area_a + area_b) * iou_threshold) & (scores > score_threshold)
+    weight = torch.where(member, scores, torch.zeros_like(scores))
+    total = weight.sum(-1, keepdim=True)
+    voted = (voters * weight.unsqueeze(-1)).sum(2) / total.clamp(min=torch.finfo(total.dtype).tiny)
+    return torch.where(total > 0, voted, kept)
 
 
 def export_onnx(

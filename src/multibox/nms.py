@@ -185,6 +185,7 @@ def postprocess(
     candidates_per_class: int | None = 400,
     image_sizes: Tensor | None = None,
     variances: tuple[float, float] = DEFAULT_VARIANCES,
+    box_voting: bool = False,
 ) -> Detections:
     """Turn raw head outputs into detections, for the whole batch at once.
 
@@ -193,7 +194,9 @@ def postprocess(
     against the priors and clip to the image; per image and class keep scores
     above ``score_threshold``, at most ``candidates_per_class`` best (Caffe's
     ``top_k=400``; ``None`` keeps all), greedy NMS at ``iou_threshold``; then the
-    ``max_detections`` best over all classes.
+    ``max_detections`` best over all classes. With ``box_voting`` each detection's box
+    becomes the score-weighted mean of its group's candidates that overlap it by more than
+    ``iou_threshold`` (itself included; :func:`vote_boxes`); scores and ranks stay.
 
     Args:
         loc: ``(N, P, 4)`` predicted offsets; logits: ``(N, P, C')`` class logits.
@@ -266,7 +269,8 @@ def postprocess(
     out_boxes = loc.new_zeros(n, d, 4, dtype=torch.float32)
     out_scores = loc.new_zeros(n, d, dtype=torch.float32)
     out_labels = torch.zeros(n, d, dtype=torch.long, device=loc.device)
-    out_boxes[k_img, rank] = cand.index_select(0, kept)
+    out_boxes[k_img, rank] = (vote_boxes(cand, cand_scores, group, kept, iou_threshold) if box_voting
+                              else cand.index_select(0, kept))
     out_scores[k_img, rank] = cand_scores.index_select(0, kept)
     out_labels[k_img, rank] = group.index_select(0, kept) % c + 1
     if image_sizes is not None:
@@ -274,6 +278,30 @@ def postprocess(
         scale = torch.stack((hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]), dim=-1).unsqueeze(1)
         out_boxes = out_boxes * scale
     return Detections(out_boxes, out_scores, out_labels, torch.clamp(per_image, max=d))
+
+
+def vote_boxes(boxes: Tensor, scores: Tensor, group: Tensor, kept: Tensor, iou_threshold: float) -> Tensor:
+    """Box voting (Gidaris and Komodakis, 2015): for candidates ``boxes (K, 4)`` with ``scores (K,)``
+    that run group by group (``group`` ascending), the boxes of the ``kept`` ones, each replaced
+    by the score-weighted mean of the candidates of its group that overlap it by more than
+    ``iou_threshold`` (the overlap test of :func:`overlap_mask`; the box itself is one of them).
+    Every kept box is paired with every candidate of its group: no loop over boxes or groups."""
+    sizes = torch.bincount(group, minlength=int(group[-1]) + 1 if len(group) else 0)
+    starts = torch.cumsum(sizes, 0) - sizes
+    g = group.index_select(0, kept)
+    other, owner = concat_ranges(starts.index_select(0, g), sizes.index_select(0, g))
+    own = boxes.index_select(0, kept)
+    a, b = own.index_select(0, owner), boxes.index_select(0, other)
+    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(1)
+    member = wh.prod(1) * (1.0 + iou_threshold) > (area_a + area_b) * iou_threshold
+    weight = scores.index_select(0, other) * member
+    total = torch.zeros(len(kept), dtype=boxes.dtype, device=boxes.device).index_add_(0, owner, weight)
+    voted = torch.zeros(len(kept), 4, dtype=boxes.dtype, device=boxes.device).index_add_(
+        0, owner, b * weight.unsqueeze(1))
+    # a box with no area overlaps nothing, not even itself: it keeps its own coordinates
+    return torch.where(total.unsqueeze(1) > 0, voted / total.clamp(min=torch.finfo(total.dtype).tiny).unsqueeze(1), own)
 
 
 def _sort_by_key_then_score(key: Tensor, scores: Tensor) -> Tensor:

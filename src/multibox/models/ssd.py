@@ -34,6 +34,7 @@ class PostprocessConfig:
     max_detections: int = 200
     candidates_per_class: int | None = 400
     tta: str = "none"  # test-time mirroring: none | hflip | hvflip (see multibox.tta)
+    box_voting: bool = False  # kept boxes become the score-weighted mean of what they suppress (multibox.nms)
 
 
 class SSD(nn.Module):
@@ -189,6 +190,7 @@ class SSD(nn.Module):
             candidates_per_class=cfg.candidates_per_class,
             image_sizes=image_sizes,
             variances=self.variances,
+            box_voting=cfg.box_voting,
         )
 
     def forward_tta(self, images: Tensor, tta: str | None = None) -> tuple[Tensor, Tensor]:

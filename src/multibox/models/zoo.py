@@ -66,7 +66,7 @@ def _class_bias(score_type: str, prior: float = 0.01) -> float | None:
 
 def _postprocess(kwargs: dict) -> PostprocessConfig:
     cfg = PostprocessConfig()
-    for k in ("score_threshold", "iou_threshold", "max_detections", "candidates_per_class", "tta"):
+    for k in ("score_threshold", "iou_threshold", "max_detections", "candidates_per_class", "tta", "box_voting"):
         if k in kwargs:
             setattr(cfg, k, kwargs.pop(k))
     check_tta(cfg.tta)
