@@ -16,7 +16,7 @@ def shapes(tmp_path_factory):
     return root
 
 
-def test_train_val_and_evaluate_commands(shapes, tmp_path, capsys):
+def test_train_val_and_evaluate_commands(shapes, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     rc = main(["train", "-c", "demo_bccd", "--data", str(shapes / "shapes"), "--out", str(out), "--draw", "2",
                TINY, "model.freeze=0", "data.train=train", "data.test=test", "data.workers=0",
@@ -41,6 +41,15 @@ def test_train_val_and_evaluate_commands(shapes, tmp_path, capsys):
     plain = json.loads((tmp_path / "val" / "metrics.json").read_text())
     mirrored = json.loads((tmp_path / "val_tta" / "metrics.json").read_text())
     assert plain["per_class"] != mirrored["per_class"]  # other scores, so other detections
+
+    import multibox.models.ssd as ssd_module  # --box-voting reaches post-processing; voting itself: test_nms
+    seen, postprocess = [], ssd_module.postprocess
+    monkeypatch.setattr(ssd_module, "postprocess", lambda *a, **k: seen.append(k["box_voting"]) or postprocess(*a, **k))
+    rc = main(["val", "--checkpoint", str(out / "last.pt"), "--data", str(shapes / "shapes"),
+               "--split", "train", "--out", str(tmp_path / "val_vote"), "--draw", "0", "--box-voting", "on"])
+    assert rc == 0 and seen and all(seen)
+    voted = json.loads((tmp_path / "val_vote" / "metrics.json").read_text())
+    assert [c["num_det"] for c in voted["per_class"].values()] == [c["num_det"] for c in plain["per_class"].values()]
 
 
 def test_clear_errors_for_bad_arguments(tmp_path, capsys):
