@@ -171,6 +171,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.model}: --tta applies to checkpoints; an ONNX export runs the mirroring "
                              "its model was exported with (set model.kwargs.tta before exporting)")
         det.tta = args.tta
+    if args.box_voting:
+        if not isinstance(det, Detector):
+            raise ValueError(f"{args.model}: --box-voting applies to checkpoints; an ONNX export runs the box "
+                             "voting its model was exported with (set model.kwargs.box_voting before exporting)")
+        det.box_voting = args.box_voting == "on"
     summary = predict_files(det, args.sources, args.out, conf=args.conf, iou=args.iou, max_det=args.max_det,
                             batch_size=args.batch_size, draw=not args.no_draw, save_txt=not args.no_txt)
     print(summary.table())
@@ -291,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-txt", action="store_true", help="do not write per-image text files")
     p.add_argument("--tta", choices=TTA_CHOICES,
                    help="average over mirrored views (default: the checkpoint's model setting)")
+    p.add_argument("--box-voting", choices=("on", "off"),
+                   help="box voting after NMS (default: the checkpoint's model setting)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("show", help="draw a dataset's ground truth (after augmentation, beside predictions)")

@@ -115,13 +115,14 @@ class Detector:
         return cls(model, names, device)
 
     def __init__(self, model: SSD, class_names: Sequence[str], device: str | torch.device = "cpu",
-                 tta: str | None = None) -> None:
+                 tta: str | None = None, box_voting: bool | None = None) -> None:
         if len(class_names) != model.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
         self.model = model.to(device).eval()
         self.class_names = list(class_names)
         self.device = torch.device(device)
         self.tta = tta  # test-time mirroring (multibox.tta); None: the model's setting
+        self.box_voting = box_voting  # box voting after NMS (multibox.nms); None: the model's setting
         # what predict() runs: BatchNorm folded, channels-last (same outputs, ~1.9x faster on CPU)
         self._net = inference_copy(self.model, channels_last=True)
 
@@ -147,7 +148,8 @@ class Detector:
             sizes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.float32)
             batch = resize_batch(arrays, self.model.image_size).to(self.device).float()
             batch = batch.contiguous(memory_format=torch.channels_last)
-            det = self._net.predict(batch, sizes.to(self.device), conf, iou, max_det, tta=self.tta)
+            det = self._net.predict(batch, sizes.to(self.device), conf, iou, max_det, tta=self.tta,
+                                    box_voting=self.box_voting)
             for i, d in enumerate(det.per_image()):
                 labels = d["labels"].cpu().numpy()
                 src = chunk[i]

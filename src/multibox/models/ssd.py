@@ -171,10 +171,12 @@ class SSD(nn.Module):
         iou_threshold: float | None = None,
         max_detections: int | None = None,
         tta: str | None = None,
+        box_voting: bool | None = None,
     ) -> Detections:
         """Detections for a batch; boxes in pixels of ``image_sizes`` ``(N, 2)`` (h, w) if given,
         else in pixels of the network input. ``tta`` (default: the model's
-        ``postprocess_config.tta``) averages predictions over mirrored views."""
+        ``postprocess_config.tta``) averages predictions over mirrored views; ``box_voting``
+        (default: the model's setting) moves kept boxes to the mean of what they suppress."""
         cfg = self.postprocess_config
         loc, logits = self.forward_tta(images, tta)
         if image_sizes is None:
@@ -190,7 +192,7 @@ class SSD(nn.Module):
             candidates_per_class=cfg.candidates_per_class,
             image_sizes=image_sizes,
             variances=self.variances,
-            box_voting=cfg.box_voting,
+            box_voting=cfg.box_voting if box_voting is None else box_voting,
         )
 
     def forward_tta(self, images: Tensor, tta: str | None = None) -> tuple[Tensor, Tensor]:
