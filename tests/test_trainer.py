@@ -232,3 +232,20 @@ def test_freeze_depthwise_keeps_5x5_kernels_and_trains_the_rest(voc_root, tmp_pa
     after = [m.weight for m in big + small]
     assert all(torch.equal(b, a) for b, a in zip(before[: len(big)], after[: len(big)]))
     assert any(not torch.equal(b, a) for b, a in zip(before[len(big):], after[len(big):]))
+
+
+def test_loss_settings_come_from_the_config(voc_root, tmp_path):
+    from multibox.losses import MultiBoxLoss
+
+    tr = Trainer(tiny_config(voc_root, tmp_path, "train.match_iou=0.6", "train.neg_pos_ratio=2",
+                             "train.loc_weight=2.5"), progress=False)
+    batch = next(iter(tr.loader))
+    g = torch.Generator().manual_seed(0)
+    p = tr.model.priors.shape[0]
+    n, k = batch["boxes"].shape[0], tr.model.num_classes + 1
+    loc, logits = torch.randn(n, p, 4, generator=g), torch.randn(n, p, k, generator=g)
+    got = tr.loss_fn(loc, logits, batch["boxes"], batch["labels"])
+    ref = MultiBoxLoss(tr.model.priors, iou_threshold=0.6, neg_pos_ratio=2.0, alpha=2.5)(
+        loc, logits, batch["boxes"], batch["labels"])
+    default = MultiBoxLoss(tr.model.priors)(loc, logits, batch["boxes"], batch["labels"])
+    assert torch.equal(got.loss, ref.loss) and not torch.allclose(got.loss, default.loss)

@@ -56,6 +56,9 @@ class TrainConfig:
     milestones: list = field(default_factory=lambda: [0.667, 0.833])  # fractions of training (multistep)
     gamma: float = 0.1
     clip_grad: float | None = 10.0
+    match_iou: float = 0.5  # a prior is positive for an object it overlaps by at least this (the paper's 0.5)
+    neg_pos_ratio: float = 3.0  # hard negatives per positive (softmax heads; the paper's 3:1)
+    loc_weight: float = 1.0  # weight of the localization loss (the paper's alpha)
     ema_decay: float = 0.0  # exponential moving average of the weights (e.g. 0.998); 0 = off
     amp: str = "auto"  # auto (fp16/bf16 on CUDA, bf16 on CPUs with AMX, else off) | bf16 | fp16 | off
     channels_last: bool = True

@@ -172,7 +172,11 @@ class Trainer:
             self.total_iters = t.epochs * self.iters_per_epoch
 
         priors = self.model.priors
-        self.loss_fn = (MultiBoxLoss(priors) if self.model.score_type == "softmax" else FocalLoss(priors)).to(self.device)
+        if self.model.score_type == "softmax":
+            self.loss_fn = MultiBoxLoss(priors, t.match_iou, t.neg_pos_ratio, alpha=t.loc_weight)
+        else:
+            self.loss_fn = FocalLoss(priors, t.match_iou, loc_weight=t.loc_weight)
+        self.loss_fn = self.loss_fn.to(self.device)
         self.optimizer = make_sgd(param_groups(self.model, t.weight_decay), t.lr, t.momentum, self.device)
         self.ema = WeightAverage(self.model, t.ema_decay) if t.ema_decay else None
         self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
