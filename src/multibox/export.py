@@ -13,7 +13,7 @@ and returns padded detections, best first:
 post-processing is the same as :func:`multibox.nms.postprocess`: scores, decode,
 clip, the best ``candidates_per_class`` per class, per-class greedy NMS (ONNX's
 ``NonMaxSuppression`` operator over every (image, class) group at once), then the
-``D`` best over all classes.
+``D`` best over all classes, and box voting if the model has it on.
 
     export_onnx(model, "model.onnx", class_names)
     det = OnnxDetector("model.onnx")
