@@ -125,35 +125,32 @@ def test_predict_cli_with_checkpoint_and_onnx(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
 
 
-def test_predict_cli_test_time_mirroring(tmp_path, capsys):
+def predict_with_each(tmp_path, capsys, flag, modes, onnx_mode):
+    """Detections of `multibox predict` on two images with ``flag`` set to each of ``modes``; then
+    checks that an ONNX export refuses ``flag`` (it runs the settings it was exported with)."""
     ckpt = make_checkpoint(tmp_path / "m.pt")
     write_images(tmp_path / "in", 2)
     runs = {}
-    for mode in ("none", "hvflip"):
+    for mode in modes:
         assert main(["predict", ckpt, str(tmp_path / "in"), "--out", str(tmp_path / mode), "--conf", "0.2",
-                     "--tta", mode]) == 0
+                     flag, mode]) == 0
         runs[mode] = json.loads((tmp_path / mode / "detections.json").read_text())
-    assert runs["none"] and runs["hvflip"] and runs["none"] != runs["hvflip"]
     assert main(["export", ckpt, "--out", str(tmp_path / "m.onnx")]) == 0
     capsys.readouterr()
-    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "in"), "--tta", "hflip"]) == 2
-    assert "--tta applies to checkpoints" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "in"), flag, onnx_mode]) == 2
+    assert f"{flag} applies to checkpoints" in capsys.readouterr().err
+    return runs
+
+
+def test_predict_cli_test_time_mirroring(tmp_path, capsys):
+    runs = predict_with_each(tmp_path, capsys, "--tta", ("none", "hvflip"), "hflip")
+    assert runs["none"] and runs["hvflip"] and runs["none"] != runs["hvflip"]
 
 
 def test_predict_cli_box_voting(tmp_path, capsys):
-    """--box-voting moves boxes (same scores and labels); ONNX exports carry their own setting."""
-    ckpt = make_checkpoint(tmp_path / "m.pt")
-    write_images(tmp_path / "in", 2)
-    runs = {}
-    for mode in ("off", "on"):
-        assert main(["predict", ckpt, str(tmp_path / "in"), "--out", str(tmp_path / mode), "--conf", "0.2",
-                     "--box-voting", mode]) == 0
-        runs[mode] = json.loads((tmp_path / mode / "detections.json").read_text())
+    """--box-voting moves boxes (same scores and labels)."""
+    runs = predict_with_each(tmp_path, capsys, "--box-voting", ("off", "on"), "on")
     assert runs["off"] and len(runs["off"]) == len(runs["on"])
     key = lambda d: (d["image_id"], d["category_id"], d["score"])  # noqa: E731
     assert sorted(map(key, runs["off"])) == sorted(map(key, runs["on"]))
     assert sorted(d["bbox"] for d in runs["off"]) != sorted(d["bbox"] for d in runs["on"])
-    assert main(["export", ckpt, "--out", str(tmp_path / "m.onnx")]) == 0
-    capsys.readouterr()
-    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "in"), "--box-voting", "on"]) == 2
-    assert "--box-voting applies to checkpoints" in capsys.readouterr().err
