@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from .boxes import clip_boxes, decode_boxes
 from .detector import ImageInput, Prediction, resize_batch, to_rgb_array
 from .models.ssd import SSD
+from .nms import overlaps_above
 
 OPSET = 17
 
@@ -117,11 +118,7 @@ def _vote(kept: Tensor, cls: Tensor, cand: Tensor, cand_scores: Tensor, score_th
     k = cand.shape[2]
     voters = torch.gather(cand, 1, cls.view(n, d, 1, 1).expand(-1, -1, k, 4))  # (N, D, K, 4)
     scores = torch.gather(cand_scores, 1, cls.view(n, d, 1).expand(-1, -1, k))  # (N, D, K)
-    a = kept.unsqueeze(2)
-    wh = (torch.minimum(a[..., 2:], voters[..., 2:]) - torch.maximum(a[..., :2], voters[..., :2])).clamp(min=0)
-    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
-    area_b = (voters[..., 2:] - voters[..., :2]).clamp(min=0).prod(-1)
-    member = (wh.prod(-1) * (1.0 + iou_threshold) > (area_a + area_b) * iou_threshold) & (scores > score_threshold)
+    member = overlaps_above(kept.unsqueeze(2), voters, iou_threshold) & (scores > score_threshold)
     weight = torch.where(member, scores, torch.zeros_like(scores))
     total = weight.sum(-1, keepdim=True)
     voted = (voters * weight.unsqueeze(-1)).sum(2) / total.clamp(min=torch.finfo(total.dtype).tiny)

@@ -26,7 +26,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .boxes import DEFAULT_VARIANCES, box_iou, clip_boxes, decode_boxes
+from .boxes import DEFAULT_VARIANCES, box_area, box_iou, clip_boxes, decode_boxes
 from .ranges import concat_ranges
 from .rowsums import exp_row_sums
 from .select import where
@@ -51,6 +51,13 @@ def overlap_mask(boxes: Tensor, iou_threshold: float) -> Tensor:
     area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
     sums = area.unsqueeze(-1) + area.unsqueeze(-2)
     return inter.mul_(1.0 + iou_threshold) > sums.mul_(iou_threshold)
+
+
+def overlaps_above(a: Tensor, b: Tensor, iou_threshold: float | Tensor) -> Tensor:
+    """``IoU(a, b) > iou_threshold`` for broadcastable ``(..., 4)`` xyxy boxes, pair by pair: the
+    test of :func:`overlap_mask` without its in-place ``(G, K, K)`` blocks."""
+    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(min=0)
+    return wh[..., 0] * wh[..., 1] * (1.0 + iou_threshold) > (box_area(a) + box_area(b)) * iou_threshold
 
 
 def greedy_nms_keep(overlaps: Tensor, valid: Tensor) -> Tensor:
@@ -286,19 +293,15 @@ def vote_boxes(boxes: Tensor, scores: Tensor, group: Tensor, kept: Tensor, iou_t
     """Box voting (Gidaris and Komodakis, 2015): for candidates ``boxes (K, 4)`` with ``scores (K,)``
     that run group by group (``group`` ascending), the boxes of the ``kept`` ones, each replaced
     by the score-weighted mean of the candidates of its group that overlap it by more than
-    ``iou_threshold`` (the overlap test of :func:`overlap_mask`; the box itself is one of them).
+    ``iou_threshold`` (:func:`overlaps_above`; the box itself is one of them).
     Every kept box is paired with every candidate of its group: no loop over boxes or groups."""
     sizes = torch.bincount(group, minlength=int(group[-1]) + 1 if len(group) else 0)
     starts = torch.cumsum(sizes, 0) - sizes
     g = group.index_select(0, kept)
     other, owner = concat_ranges(starts.index_select(0, g), sizes.index_select(0, g))
     own = boxes.index_select(0, kept)
-    a, b = own.index_select(0, owner), boxes.index_select(0, other)
-    wh = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0)
-    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(1)
-    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(1)
-    member = wh.prod(1) * (1.0 + iou_threshold) > (area_a + area_b) * iou_threshold
-    weight = scores.index_select(0, other) * member
+    b = boxes.index_select(0, other)
+    weight = scores.index_select(0, other) * overlaps_above(own.index_select(0, owner), b, iou_threshold)
     total = torch.zeros(len(kept), dtype=boxes.dtype, device=boxes.device).index_add_(0, owner, weight)
     voted = torch.zeros(len(kept), 4, dtype=boxes.dtype, device=boxes.device).index_add_(
         0, owner, b * weight.unsqueeze(1))
