@@ -122,6 +122,14 @@ def test_clip_boxes_per_image_sizes():
     assert out.tolist() == [[[0.0, 0.0, 640.0, 300.0]], [[10.0, 10.0, 20.0, 200.0]]]
 
 
+@pytest.mark.parametrize("width, height", [(1.0, 1.0), (1, 1), (300.0, 300.0), (640.0, 480.0)])
+def test_clip_boxes_with_scalar_sizes(width, height):
+    b = torch.tensor([[-0.5, 0.25, 1.5, 700.0], [0.125, -3.0, 0.875, 0.5]])
+    out = clip_boxes(b, width, height)
+    by_hand = [[0.0, 0.25, min(1.5, width), min(700.0, height)], [0.125, 0.0, min(0.875, width), min(0.5, height)]]
+    assert out.tolist() == by_hand
+
+
 @pytest.mark.parametrize(
     "boxes, message",
     [

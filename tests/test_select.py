@@ -34,3 +34,16 @@ def test_where_on_bool_tensors_and_tensors_that_need_grad():
     w = torch.tensor([0.2, -0.3, 0.9], requires_grad=True)
     assert where(lambda v: v > 0, w).tolist() == [0, 2]
     assert where(lambda v: v > 5, w).tolist() == []
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_searchsorted_equals_torch_with_ties_and_out_of_range(right):
+    from multibox.select import searchsorted
+
+    seq = torch.tensor([-5, 0, 0, 0, 3, 7, 7, 2**40], dtype=torch.int64)
+    values = torch.tensor([-9, -5, 0, 1, 7, 8, 2**40, 2**41], dtype=torch.int64)
+    got = searchsorted(seq, values, right=right)
+    assert got.dtype == torch.int64
+    assert torch.equal(got, torch.searchsorted(seq, values, right=right))
+    by_hand = [0, 0, 1, 4, 5, 7, 7, 8] if not right else [0, 1, 4, 4, 7, 7, 8, 8]
+    assert got.tolist() == by_hand

@@ -136,12 +136,14 @@ def decode_boxes(
     """Exact inverse of :func:`encode_boxes`: offsets ``(..., P, 4)`` to xyxy boxes."""
     v0, v1 = variances
     centre = priors[..., :2] + offsets[..., :2] * v0 * priors[..., 2:]
-    size = priors[..., 2:] * torch.exp((offsets[..., 2:] * v1).clamp(max=_MAX_LOG_SCALE))
-    return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
+    half = priors[..., 2:] * torch.exp((offsets[..., 2:] * v1).clamp(max=_MAX_LOG_SCALE)) / 2
+    return torch.cat((centre - half, centre + half), dim=-1)
 
 
 def clip_boxes(boxes: Tensor, width: float | Tensor = 1.0, height: float | Tensor = 1.0) -> Tensor:
     """Clip xyxy boxes to ``[0, width] x [0, height]`` (per-image sizes broadcast)."""
+    if isinstance(width, (int, float)) and isinstance(height, (int, float)) and width == height:  # one clamp
+        return boxes.clamp(0, width)
     w = torch.as_tensor(width, dtype=boxes.dtype, device=boxes.device)
     h = torch.as_tensor(height, dtype=boxes.dtype, device=boxes.device)
     upper = torch.stack((w, h, w, h), dim=-1)
