@@ -84,3 +84,17 @@ def test_inference_copy_folds_batchnorm_without_changing_outputs():
     for got, ref in zip(b, a):  # float32 rounding through ~60 layers: relative to the output scale
         assert (got - ref).abs().max() <= 5e-4 * ref.abs().max()
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+
+
+def test_image_list_tells_one_image_from_many(tmp_path):
+    from multibox.detector import image_list
+
+    arr = np.zeros((4, 5, 3), dtype=np.uint8)
+    chw = torch.zeros(3, 4, 5)
+    for one in ("a.jpg", tmp_path / "a.jpg", arr, chw):
+        assert len(image_list(one)) == 1 and image_list(one)[0] is one
+    batch = torch.zeros(2, 3, 4, 5)
+    assert [t.shape for t in image_list(batch)] == [(3, 4, 5), (3, 4, 5)]
+    many = image_list(["a.jpg", arr])
+    assert len(many) == 2 and many[0] == "a.jpg" and many[1] is arr
+    assert image_list(p for p in ("a.jpg", "b.jpg")) == ["a.jpg", "b.jpg"]

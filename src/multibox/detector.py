@@ -88,6 +88,16 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     raise TypeError(f"unsupported image type {type(image).__name__}; give a path, a numpy array or a tensor")
 
 
+def image_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    """One image or many, as a list: a path, an array or a ``(3, H, W)`` tensor is one image;
+    a ``(N, 3, H, W)`` tensor or any other iterable is many."""
+    if isinstance(images, (str, os.PathLike, np.ndarray, Tensor)) and not (
+        isinstance(images, Tensor) and images.ndim == 4
+    ):
+        return [images]
+    return list(images)
+
+
 def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int]) -> Tensor:
     """Resize RGB uint8 arrays to ``size`` (h, w) and stack into a ``(N, 3, h, w)`` uint8 tensor."""
     h, w = size
@@ -136,11 +146,7 @@ class Detector:
         batch_size: int = 8,
     ) -> list[Prediction]:
         """Detect objects; returns one :class:`Prediction` per image, in order."""
-        if isinstance(images, (str, os.PathLike, np.ndarray, Tensor)) and not (
-            isinstance(images, Tensor) and images.ndim == 4
-        ):
-            images = [images]
-        images = list(images)
+        images = image_list(images)
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from .boxes import clip_boxes, decode_boxes
-from .detector import ImageInput, Prediction, resize_batch, to_rgb_array
+from .detector import ImageInput, Prediction, image_list, resize_batch, to_rgb_array
 from .models.ssd import SSD
 from .nms import overlaps_above
 
@@ -228,11 +228,7 @@ class OnnxDetector:
         max_det: int | None = None,
         batch_size: int = 8,
     ) -> list[Prediction]:
-        if isinstance(images, (str, os.PathLike, np.ndarray, Tensor)) and not (
-            isinstance(images, Tensor) and images.ndim == 4
-        ):
-            images = [images]
-        images = list(images)
+        images = image_list(images)
         if self.outputs != "detections":
             raise ValueError(f"{self.path} holds the network alone (exported with postprocess=False); "
                              "export the checkpoint again without it to predict")
