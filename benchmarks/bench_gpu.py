@@ -178,6 +178,12 @@ def training(tv, ours, device, batch, steps, compile_ok, rows):
     return best
 
 
+def forever(loader):
+    """The loader's batches, epoch after epoch."""
+    while True:
+        yield from loader
+
+
 def data_pipeline(device, batch, steps, n_images, rows, step_fn=None):
     from PIL import Image
 
@@ -200,28 +206,17 @@ def data_pipeline(device, batch, steps, n_images, rows, step_fn=None):
         ds = ds.with_transform(SSDTransform((300, 300), train=True, seed=0))
         workers = os.cpu_count() or 1
         loader = make_loader(ds, batch, train=True, workers=workers, seed=0)
-        it = iter(loader)
-        next(it)
+        batches = forever(loader)
+        next(batches)
         t = time.perf_counter()
         n = 0
-        for _ in range(steps):
-            try:
-                b = next(it)
-            except StopIteration:
-                it = iter(loader)
-                b = next(it)
+        for _, b in zip(range(steps), batches):
             n += b["images"].shape[0]
         rows.append(("data", batch, f"augment + collate, {workers} workers", n / (time.perf_counter() - t)))
         if step_fn is not None:
-            it = iter(loader)
             t = time.perf_counter()
             n = 0
-            for _ in range(steps):
-                try:
-                    b = next(it)
-                except StopIteration:
-                    it = iter(loader)
-                    b = next(it)
+            for _, b in zip(range(steps), forever(loader)):
                 b["images"].to(device, non_blocking=True)
                 step_fn()
                 n += b["images"].shape[0]
