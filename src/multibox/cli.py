@@ -245,6 +245,14 @@ def _cmd_import_torchvision(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_test_time_flags(p: argparse.ArgumentParser) -> None:
+    """``--tta`` and ``--box-voting``, shared by ``val`` and ``predict``."""
+    p.add_argument("--tta", choices=TTA_CHOICES,
+                   help="average over mirrored views (default: the checkpoint's model setting)")
+    p.add_argument("--box-voting", choices=("on", "off"),
+                   help="box voting after NMS (default: the checkpoint's model setting)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multibox", description="Single Shot MultiBox Detector toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -271,10 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: beside the checkpoint)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--draw", type=int, default=24)
-    p.add_argument("--tta", choices=TTA_CHOICES,
-                   help="test-time mirroring (default: the checkpoint's model setting)")
-    p.add_argument("--box-voting", choices=("on", "off"),
-                   help="box voting after NMS (default: the checkpoint's model setting)")
+    _add_test_time_flags(p)
     p.set_defaults(func=_cmd_val)
 
     p = sub.add_parser("evaluate", help="metrics of a COCO results file against COCO ground truth")
@@ -294,10 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-draw", action="store_true", help="do not write pictures")
     p.add_argument("--no-txt", action="store_true", help="do not write per-image text files")
-    p.add_argument("--tta", choices=TTA_CHOICES,
-                   help="average over mirrored views (default: the checkpoint's model setting)")
-    p.add_argument("--box-voting", choices=("on", "off"),
-                   help="box voting after NMS (default: the checkpoint's model setting)")
+    _add_test_time_flags(p)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("show", help="draw a dataset's ground truth (after augmentation, beside predictions)")
