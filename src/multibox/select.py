@@ -20,6 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+_NUMPY_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                 torch.float16, torch.float32, torch.float64}  # not bfloat16: NumPy has none
+
+
+def _numpy_can_take(*tensors: Tensor) -> bool:
+    """Whether every tensor is on the CPU in a dtype NumPy has (so ``.numpy()`` is a view)."""
+    return all(t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES for t in tensors)
+
 
 def where(test: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
     """Ascending int64 indices ``i`` where ``test(*tensors).reshape(-1)[i]`` is true.
@@ -28,20 +36,16 @@ def where(test: Callable[..., Tensor], *tensors: Tensor) -> Tensor:
     (``<``, ``==``, ``&``, ``~``, arithmetic) that mean the same on NumPy arrays and tensors,
     including for NaN and infinities. Gradients are not tracked (the result is indices).
     """
-    if all(t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES for t in tensors):
+    if _numpy_can_take(*tensors):
         with np.errstate(all="ignore"):
             mask = test(*(t.detach().numpy() for t in tensors))
         return torch.from_numpy(np.flatnonzero(mask).astype(np.int64, copy=False))
     return torch.nonzero(test(*tensors).reshape(-1)).squeeze(1)
 
 
-_NUMPY_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
-                 torch.float16, torch.float32, torch.float64}  # not bfloat16: NumPy has none
-
-
 def searchsorted(sorted_sequence: Tensor, values: Tensor, right: bool = False) -> Tensor:
     """``torch.searchsorted`` for a 1-D ascending ``sorted_sequence``: int64 insertion points."""
-    if all(t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES for t in (sorted_sequence, values)):
+    if _numpy_can_take(sorted_sequence, values):
         side = "right" if right else "left"
         found = np.searchsorted(sorted_sequence.detach().numpy(), values.detach().numpy(), side=side)
         return torch.from_numpy(found.astype(np.int64, copy=False))
