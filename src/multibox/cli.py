@@ -151,10 +151,8 @@ def _cmd_val(args: argparse.Namespace) -> int:
     if cfg.data.format == "coco" and ckpt.get("category_ids"):
         dataset.category_ids = list(ckpt["category_ids"])
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"val_{split}")
-    if args.tta:
-        model.postprocess_config.tta = args.tta
-    if args.box_voting:
-        model.postprocess_config.box_voting = args.box_voting == "on"
+    for name, value in _test_time_overrides(args).items():
+        setattr(model.postprocess_config, name, value)
     report = write_report(model, dataset, out, device=args.device, draw=args.draw)
     print(report.table())
     print(f"wrote metrics.json, metrics.txt, pr_curves/, errors.png and predictions/ to {out}")
@@ -166,16 +164,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files
 
     det = Detector.from_checkpoint(args.model, device=args.device)
-    if args.tta:
+    for name, value in _test_time_overrides(args).items():
         if not isinstance(det, Detector):
-            raise ValueError(f"{args.model}: --tta applies to checkpoints; an ONNX export runs the mirroring "
-                             "its model was exported with (set model.kwargs.tta before exporting)")
-        det.tta = args.tta
-    if args.box_voting:
-        if not isinstance(det, Detector):
-            raise ValueError(f"{args.model}: --box-voting applies to checkpoints; an ONNX export runs the box "
-                             "voting its model was exported with (set model.kwargs.box_voting before exporting)")
-        det.box_voting = args.box_voting == "on"
+            raise ValueError(f"{args.model}: --{name.replace('_', '-')} applies to checkpoints; an ONNX export runs "
+                             f"the {_TEST_TIME_WHAT[name]} its model was exported with (set model.kwargs.{name} "
+                             "before exporting)")
+        setattr(det, name, value)
     summary = predict_files(det, args.sources, args.out, conf=args.conf, iou=args.iou, max_det=args.max_det,
                             batch_size=args.batch_size, draw=not args.no_draw, save_txt=not args.no_txt)
     print(summary.table())
@@ -243,6 +237,16 @@ def _cmd_import_torchvision(args: argparse.Namespace) -> int:
     import_torchvision_ssd300(args.weights, args.out)
     print(f"wrote {args.out}: multibox ssd300_vgg16 with torchvision's COCO classes, priors and normalisation")
     return 0
+
+
+_TEST_TIME_WHAT = {"tta": "mirroring", "box_voting": "box voting"}
+
+
+def _test_time_overrides(args: argparse.Namespace) -> dict:
+    """The test-time settings given on the command line (``--tta``, ``--box-voting``), by the
+    name of their model setting (``tta``, ``box_voting``), to override the checkpoint's."""
+    given = {"tta": args.tta, "box_voting": None if args.box_voting is None else args.box_voting == "on"}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def _add_test_time_flags(p: argparse.ArgumentParser) -> None:
