@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -167,9 +169,23 @@ def test_postprocess_rejects_bad_shapes():
         postprocess(torch.zeros(1, len(priors), 4), torch.zeros(1, len(priors), 3), priors, score_type="relu")
 
 
+@pytest.fixture(params=["compiled", "tensor"])
+def row_test(request, monkeypatch):
+    """Run a test with the compiled candidate-row pass (skipped without Numba) and with the
+    tensor tests that replace it elsewhere."""
+    import multibox.nms as nms
+    from multibox import loops
+
+    if request.param == "compiled" and not loops.available():
+        pytest.skip("Numba is not installed")
+    if request.param == "tensor":
+        monkeypatch.setattr(nms, "candidate_rows", lambda *a: None)
+    return request.param
+
+
 @pytest.mark.parametrize("score_type", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("threshold", [0.0, 0.01, 0.3, 0.9])
-def test_candidate_rows_keep_every_score_above_the_threshold(score_type, threshold):
+def test_candidate_rows_keep_every_score_above_the_threshold(score_type, threshold, row_test):
     from multibox.nms import _candidate_rows
 
     g = torch.Generator().manual_seed(11)
@@ -186,7 +202,7 @@ def test_candidate_rows_keep_every_score_above_the_threshold(score_type, thresho
 
 
 @pytest.mark.parametrize("threshold", [1e-6, 0.01, 0.5])
-def test_candidate_rows_survive_extreme_logits(threshold):
+def test_candidate_rows_survive_extreme_logits(threshold, row_test):
     """exp() overflows above ~88 and underflows below ~-103: such rows must still be kept
     whenever one of their scores passes."""
     from multibox.nms import _candidate_rows
@@ -199,13 +215,16 @@ def test_candidate_rows_survive_extreme_logits(threshold):
     logits[0, 3] = torch.tensor([95.0, 80.0, -5.0, -5.0])  # background overflows alone: class 1 scores 3e-7
     logits[0, 4] = torch.tensor([89.0, 88.5, 0.0, 0.0])  # background overflows, class 1 does not: scores 0.38
     logits[0, 5] = torch.tensor([-95.0, -99.5, -200.0, -200.0])  # denormal exps: class 1 scores 0.011
+    logits[0, 300] = torch.tensor([-math.inf, 0.0, 0.0, 0.0])  # no background at all: 1/3 each
+    logits[0, 301] = torch.tensor([3e38, 3e38, -3e38, -3e38])  # huge differences overflow to -inf: 0.5
+    logits[0, 302] = torch.tensor([0.0, float("nan"), 0.0, 0.0])  # NaN: no score passes
     logits[0, 6:300, 0] += 12.0  # confident background
     full = torch.softmax(logits.double(), -1)[..., 1:].reshape(600, -1)
     rows, scores = _candidate_rows(logits, "softmax", threshold)
     passing = (full > threshold).any(1).nonzero().squeeze(1)
     assert set(passing.tolist()) <= set(rows.tolist())
-    assert {0, 1, 4}.issubset(set(rows.tolist()))
-    torch.testing.assert_close(scores.double(), full[rows], rtol=1e-5, atol=1e-7)
+    assert {0, 1, 4, 300}.issubset(set(rows.tolist()))
+    torch.testing.assert_close(scores.double(), full[rows], rtol=1e-5, atol=1e-7, equal_nan=True)
     if threshold >= 0.01:
         assert not set(range(6, 300)) & set(rows.tolist())  # the cheap test rules these out
 
@@ -304,7 +323,7 @@ def test_compiled_loop_pairs_and_padded_nms_keep_the_same_boxes(seed, monkeypatc
     blocks) keep exactly the same boxes, NaN and infinite ones included; on finite groups
     they agree with the textbook loop."""
     import multibox.nms as nms
-    from multibox import nms_loop
+    from multibox import loops
 
     t = 0.45
     boxes, group = _awkward_groups(seed)
@@ -324,7 +343,7 @@ def test_compiled_loop_pairs_and_padded_nms_keep_the_same_boxes(seed, monkeypatc
         assert pairs[idx].nonzero().squeeze(1).tolist() == sorted(kept)
         checked += 1
     assert checked > 40
-    if not nms_loop.available():
+    if not loops.available():
         pytest.skip("Numba is not installed: only the tensor formulations ran")
-    loop = nms_loop.greedy_nms_groups(boxes, group, t)
+    loop = loops.greedy_nms_groups(boxes, group, t)
     assert loop.dtype == torch.bool and torch.equal(loop, pairs)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from .boxes import DEFAULT_VARIANCES, box_area, box_iou, clip_boxes, decode_boxes
-from .nms_loop import greedy_nms_groups
+from .loops import candidate_rows, greedy_nms_groups
 from .ranges import concat_ranges
 from .rowsums import exp_row_sums
 from .select import searchsorted, where
@@ -134,34 +134,48 @@ def _candidate_rows(logits: Tensor, score_type: str, threshold: float) -> tuple[
     """The priors that may have a class score above ``threshold``, as flat indices
     ``image * P + prior`` (ascending), and the class scores ``(R, C)`` of those rows.
 
-    A softmax score ``exp(l_c) / sum_j exp(l_j)`` is below ``exp(l_c) / exp(l_0)``, so a row
-    can pass only if its foreground exponentials sum to more than ``threshold * exp(l_0)``;
-    a sigmoid score passes only if ``l_c > logit(threshold)``. Rows that fail that cheap test
-    (a small margin absorbs ``exp`` rounding) cannot hold a candidate, so the exact
-    scores are computed for the other rows only: a few hundred per image once a model
-    is trained, instead of every prior and class.
+    A cheap necessary test rules out the rows that cannot hold a candidate, so the exact
+    scores are computed for the other rows only: a few hundred per image once a model is
+    trained, instead of every prior and class. On CPUs with Numba it is one compiled pass
+    over the logits (:func:`multibox.loops.candidate_rows`), elsewhere the tensor tests of
+    :func:`_rows_that_may_pass`; either may keep a few rows more than the other, never one
+    with a passing score.
     """
     n, p, k = logits.shape
     flat = logits.reshape(n * p, k)
     if threshold <= 0:
         rows = torch.arange(n * p, device=logits.device)
-    elif score_type == "softmax":
+    else:
+        rows = candidate_rows(flat, threshold, score_type)
+        if rows is None:
+            rows = _rows_that_may_pass(flat, score_type, threshold)
+    if rows.numel() == n * p:  # e.g. an untrained model: no row can be ruled out
+        return rows, _class_scores(flat, score_type)
+    return rows, _class_scores(flat.index_select(0, rows), score_type)
+
+
+def _rows_that_may_pass(flat: Tensor, score_type: str, threshold: float) -> Tensor:
+    """Ascending indices of the rows of ``flat (R, C)`` logits that may hold a score above
+    ``threshold > 0``, by tensor operations.
+
+    A softmax score ``exp(l_c) / sum_j exp(l_j)`` is below ``exp(l_c) / exp(l_0)``, so a row
+    can pass only if its foreground exponentials sum to more than ``threshold * exp(l_0)``;
+    a sigmoid score passes only if ``l_c > logit(threshold)``. A small margin absorbs
+    ``exp`` rounding.
+    """
+    if score_type == "softmax":
         # sum_{c>0} exp(l_c) - t exp(l_0) > 0 is necessary (the sum is at least the largest
         # term): one weighted row sum of exp(logits). A row is ruled out only by a finite sum of
         # at most -1e-30: then exp(l_0) is a normal float (no overflow, no underflow), the
         # margin absorbs rounding and the 1e-30 the foreground terms that underflowed to zero.
         # Every other row is kept: NaN (inf - inf), -inf (exp(l_0) overflowed), and sums near
         # zero (exp(l_0) too small to trust). Exact scores follow for every kept row.
-        weights = flat.new_ones(k, 1)
+        weights = flat.new_ones(flat.shape[1], 1)
         weights[0] = -threshold * 0.999  # the margin absorbs exp and summation rounding
-        rows = where(lambda s: ~((s <= -1e-30) & (s > -math.inf)), exp_row_sums(flat, weights).squeeze(1))
-    elif threshold >= 1:
-        rows = torch.zeros(0, dtype=torch.long, device=logits.device)
-    else:
-        rows = where(lambda m: m > math.log(threshold / (1 - threshold)) - 1e-3, flat.amax(dim=1))
-    if rows.numel() == n * p:  # e.g. an untrained model: no row can be ruled out
-        return rows, _class_scores(flat, score_type)
-    return rows, _class_scores(flat.index_select(0, rows), score_type)
+        return where(lambda s: ~((s <= -1e-30) & (s > -math.inf)), exp_row_sums(flat, weights).squeeze(1))
+    if threshold >= 1:
+        return torch.zeros(0, dtype=torch.long, device=flat.device)
+    return where(lambda m: m > math.log(threshold / (1 - threshold)) - 1e-3, flat.amax(dim=1))
 
 
 class Detections(NamedTuple):
@@ -326,7 +340,7 @@ def _nms_sorted_groups(boxes: Tensor, group: Tensor, counts: Tensor, cap: int, i
     best first within a group. ``counts`` holds the candidates of every group id (before the cap
     of ``cap`` per group). Returns the ``(K,)`` kept mask.
 
-    On a CPU with Numba installed, one compiled loop (:mod:`multibox.nms_loop`). Otherwise, few
+    On a CPU with Numba installed, one compiled loop (:mod:`multibox.loops`). Otherwise, few
     candidates per group (a trained model): the pairs of each group are listed and tested once,
     and the fixed point iterates over the overlapping pairs only; crowded groups: padded
     ``(G, K, K)`` overlap blocks of groups of similar size. All three keep the same boxes.

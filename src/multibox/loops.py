@@ -1,0 +1,139 @@
+"""Two post-processing steps as compiled loops, for CPU tensors.
+
+On a GPU the batched tensor formulations of :mod:`multibox.nms` win. On a CPU their
+cost is memory passes and a few hundred small tensor operations, while the work
+itself is small: one look at every logit, then a few thousand overlap tests. With
+`Numba <https://numba.pydata.org>`_ installed, this module compiles two loops (on
+first use, cached on disk) that :func:`multibox.nms.postprocess` runs for CPU tensors:
+
+- :func:`candidate_rows`: the priors whose row of logits can hold a score above the
+  threshold, in one pass over the logits (two threads where PyTorch has two);
+- :func:`greedy_nms_groups`: greedy NMS over score-sorted groups.
+
+Without Numba (or for other devices) both return ``None`` and the tensor code runs
+instead. The results are the same: candidate rows only ever add rows whose exact
+scores are then computed and tested as before, and the overlap test is the one of
+:func:`multibox.nms.overlap_mask`, in float32, operation for operation
+(``inter * (1 + t) > (area_a + area_b) * t``, NaN never overlapping).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+def _rows_above_background(logits, bound, mask):  # pragma: no cover - compiled
+    """``mask[r]``: some class c > 0 of row r has ``l_c - l_0 > bound``. NaN compares false
+    (a row with a NaN has no candidates: its softmax is all NaN)."""
+    for r in numba.prange(logits.shape[0]):
+        hit = False
+        for c in range(1, logits.shape[1]):
+            hit |= (logits[r, c] - logits[r, 0]) > bound
+        mask[r] = hit
+
+
+def _rows_above(logits, bound, mask):  # pragma: no cover - compiled
+    """``mask[r]``: some class c of row r has ``l_c > bound``."""
+    for r in numba.prange(logits.shape[0]):
+        hit = False
+        for c in range(logits.shape[1]):
+            hit |= logits[r, c] > bound
+        mask[r] = hit
+
+
+def _greedy_groups(x1, y1, x2, y2, group, t_plus_one, t, keep):  # pragma: no cover - compiled
+    """Fill ``keep`` for boxes that run group by group, best first within a group."""
+    k = len(x1)
+    zero = np.float32(0.0)
+    area = np.empty(k, np.float32)
+    for i in range(k):
+        area[i] = np.maximum(x2[i] - x1[i], zero) * np.maximum(y2[i] - y1[i], zero) + zero
+    kept = np.empty(k, np.int64)  # the kept boxes of the current group
+    start = 0
+    while start < k:
+        g = group[start]
+        num_kept = 0
+        j = start
+        while j < k and group[j] == g:
+            survives = True
+            for m in range(num_kept):
+                i = kept[m]
+                iw = np.maximum(np.minimum(x2[i], x2[j]) - np.maximum(x1[i], x1[j]), zero)
+                ih = np.maximum(np.minimum(y2[i], y2[j]) - np.maximum(y1[i], y1[j]), zero)
+                if iw * ih * t_plus_one > (area[i] + area[j]) * t:
+                    survives = False
+                    break
+            keep[j] = survives
+            if survives:
+                kept[num_kept] = j
+                num_kept += 1
+            j += 1
+        start = j
+
+
+numba = None  # imported on first use: Numba's import alone takes ~0.4 s
+_compiled: dict | None = None  # the compiled loops by name; {} where Numba is missing
+
+
+def _loops() -> dict:
+    global _compiled, numba
+    if _compiled is None:
+        try:
+            import numba as _numba
+        except ImportError:  # pragma: no cover - exercised where Numba is not installed
+            _compiled = {}
+        else:
+            numba = _numba
+            _compiled = {
+                "softmax": numba.njit(cache=True, nogil=True, parallel=True)(_rows_above_background),
+                "sigmoid": numba.njit(cache=True, nogil=True, parallel=True)(_rows_above),
+                "greedy_groups": numba.njit(cache=True, nogil=True)(_greedy_groups),
+            }
+    return _compiled
+
+
+def available() -> bool:
+    """Whether the compiled loops can run (Numba is installed)."""
+    return bool(_loops())
+
+
+def _on_cpu(*tensors: Tensor) -> bool:
+    return all(t.device.type == "cpu" for t in tensors)
+
+
+def candidate_rows(logits: Tensor, threshold: float, score_type: str) -> Tensor | None:
+    """Ascending indices of the rows of CPU ``logits (R, C)`` that may hold a class score above
+    ``threshold`` (``0 < threshold``); ``None`` where the loop cannot run.
+
+    A softmax score ``exp(l_c) / sum_j exp(l_j)`` is below ``exp(l_c - l_0)``, so it can pass
+    only if ``l_c - l_0 > log(threshold)``; a sigmoid score only if ``l_c > logit(threshold)``.
+    The tests use a margin of 1e-3 (float32 differences near ``log(threshold)`` are exact to
+    ~1e-6), so no row that passes is ruled out; the rows kept get their exact scores after.
+    """
+    loops = _loops()
+    if not loops or not _on_cpu(logits) or logits.dtype != torch.float32:
+        return None
+    if score_type == "softmax":
+        bound = math.log(threshold)
+    else:
+        bound = math.log(threshold / (1 - threshold)) if threshold < 1 else math.inf
+    mask = np.empty(logits.shape[0], np.bool_)
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    loops[score_type](logits.detach().contiguous().numpy(), np.float32(bound - 1e-3), mask)
+    return torch.from_numpy(np.flatnonzero(mask).astype(np.int64, copy=False))
+
+
+def greedy_nms_groups(boxes: Tensor, group: Tensor, iou_threshold: float) -> Tensor | None:
+    """The ``(K,)`` kept mask of greedy NMS for CPU ``boxes (K, 4)`` (xyxy) that run group by
+    group (``group`` ascending), best first within a group; ``None`` where the loop cannot run
+    (no Numba, or tensors not on the CPU)."""
+    loop = _loops().get("greedy_groups")
+    if loop is None or not _on_cpu(boxes, group):
+        return None
+    x1, y1, x2, y2 = boxes.detach().float().t().contiguous().numpy()
+    keep = np.empty(len(x1), np.bool_)
+    loop(x1, y1, x2, y2, group.contiguous().numpy().astype(np.int64, copy=False),
+         np.float32(1.0 + iou_threshold), np.float32(iou_threshold), keep)
+    return torch.from_numpy(keep)
