@@ -311,6 +311,15 @@ def cpu_name() -> str:
     return f"{name} ({'AMX' if cpu_has_fast_bf16() else 'no AMX'})"
 
 
+def numba_version() -> str:
+    """Whether post-processing runs its compiled CPU loops (multibox.loops) in this install."""
+    try:
+        import numba
+    except ImportError:
+        return "no Numba (post-processing by tensor operations only)"
+    return f"Numba {numba.__version__}"
+
+
 def markdown_table(machine: str, seconds: float, command: str) -> str:
     def num(v):
         return "" if v is None else f"{v:.1f}"
@@ -357,7 +366,7 @@ def main() -> None:
     # as the command line and the trainer do; it applies to both sides of every comparison
     print(f"malloc keeps freed memory (multibox.memory): {keep_freed_memory()}")
     start = time.perf_counter()
-    machine = f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    machine = f"{cpu_name()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {numba_version()}"
     print(f"multibox benchmarks on {machine}")
     print(f"  {'benchmark':<58} {'multibox':>10} {'baseline':>10} {'unit':<8} {'speedup':>9}  target")
     for part in a.only.split(","):

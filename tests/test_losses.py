@@ -42,7 +42,21 @@ def test_no_positive_batch_is_finite_zero_and_differentiable():
     assert torch.isfinite(logits.grad).all()
 
 
-def test_hard_negatives_never_include_positives_and_respect_ratio():
+@pytest.fixture(params=["compiled", "tensor"])
+def mining(request, monkeypatch):
+    """Run a test with the compiled hard negative selection (skipped without Numba) and with
+    the tensor one that replaces it elsewhere."""
+    import multibox.losses as losses
+    from multibox import loops
+
+    if request.param == "compiled" and not loops.available():
+        pytest.skip("Numba is not installed")
+    if request.param == "tensor":
+        monkeypatch.setattr(losses, "hard_negatives", lambda *a: None)
+    return request.param
+
+
+def test_hard_negatives_never_include_positives_and_respect_ratio(mining):
     conf = torch.tensor([[9.0, 8.0, 1.0, 2.0, 3.0, 0.5, 7.0]])
     pos = torch.tensor([[True, False, False, False, False, False, True]])
     neg = hard_negative_mask(conf, pos, 3)
@@ -138,7 +152,7 @@ def test_background_loss_equals_log_softmax_including_extreme_logits_and_chunk_e
     assert got[4].item() == pytest.approx(50.0, rel=1e-5)
 
 
-def test_hard_negatives_break_ties_by_prior_index_per_image():
+def test_hard_negatives_break_ties_by_prior_index_per_image(mining):
     conf = torch.tensor([[5.0, 2.0, 2.0, 2.0, 2.0, 1.0, 9.0],
                          [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0],
                          [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]])
@@ -149,6 +163,49 @@ def test_hard_negatives_break_ties_by_prior_index_per_image():
     assert neg.tolist() == [[False, True, False, False, False, False, True],  # 9, then the first 2.0
                             [True, True, False, False, False, False, False],
                             [False] * 7]
+
+
+def _sorted_negatives(conf, pos, ratio):
+    """Independent: per image, a stable descending sort of the negatives' losses, cut."""
+    out = torch.zeros_like(pos)
+    for i in range(len(conf)):
+        num_pos = int(pos[i].sum())
+        num_neg = min(int(num_pos * ratio), conf.shape[1] - num_pos)
+        idx = (~pos[i]).nonzero().squeeze(1)
+        order = sorted(idx.tolist(), key=lambda j: -conf[i, j].item())  # Python's sort is stable
+        out[i, order[:num_neg]] = True
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_and_tensor_hard_negatives_choose_the_same_priors(seed, monkeypatch):
+    """Many ties (losses on a coarse grid), zeros of both signs, infinities, images without
+    positives or without negatives: the compiled selection, the tensor one and a plain
+    sorted cut agree prior for prior."""
+    import multibox.losses as losses
+    from multibox import loops
+
+    g = torch.Generator().manual_seed(seed)
+    conf = torch.randint(0, 40, (6, 3000), generator=g).float() / 8  # many exact ties
+    conf[0, :50] = -0.0
+    conf[0, 50:100] = 0.0
+    conf[1, ::97] = math.inf
+    conf[2] = 1.5  # all tied
+    pos = torch.rand(6, 3000, generator=g) < 0.05
+    pos[3] = False  # no positive: no negative
+    pos[4] = True  # no negative
+    pos[5, :2990] = True  # fewer negatives than wanted
+    expected = _sorted_negatives(conf, pos, 3.0)
+    default = hard_negative_mask(conf, pos, 3.0)  # the compiled selection where Numba is installed
+    monkeypatch.setattr(losses, "hard_negatives", lambda *a: None)
+    tensor = hard_negative_mask(conf, pos, 3.0)
+    assert torch.equal(tensor, expected) and torch.equal(default, expected)
+    if not loops.available():
+        pytest.skip("Numba is not installed: only the tensor selection ran")
+    num_neg = torch.minimum((pos.sum(1, keepdim=True) * 3.0).long(), 3000 - pos.sum(1, keepdim=True))
+    assert torch.equal(loops.hard_negatives(conf, pos, num_neg), expected)  # it ran, and agrees
+    conf[1, 7] = math.nan  # NaN: left to the tensor code
+    assert loops.hard_negatives(conf, pos, num_neg) is None
 
 
 def test_confidence_gradient_flows_only_through_positives_and_mined_negatives():

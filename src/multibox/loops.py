@@ -1,20 +1,24 @@
-"""Two post-processing steps as compiled loops, for CPU tensors.
+"""Steps of post-processing and of the loss as compiled loops, for CPU tensors.
 
-On a GPU the batched tensor formulations of :mod:`multibox.nms` win. On a CPU their
-cost is memory passes and a few hundred small tensor operations, while the work
-itself is small: one look at every logit, then a few thousand overlap tests. With
-`Numba <https://numba.pydata.org>`_ installed, this module compiles two loops (on
-first use, cached on disk) that :func:`multibox.nms.postprocess` runs for CPU tensors:
+On a GPU the batched tensor formulations of :mod:`multibox.nms` and
+:mod:`multibox.losses` win. On a CPU their cost is memory passes and many small
+tensor operations, while the work itself is small: one look at every logit, a few
+thousand overlap tests, one selection per image. With
+`Numba <https://numba.pydata.org>`_ installed, this module compiles three loops (on
+first use, cached on disk) that run for CPU tensors:
 
-- :func:`candidate_rows`: the priors whose row of logits can hold a score above the
-  threshold, in one pass over the logits (two threads where PyTorch has two);
-- :func:`greedy_nms_groups`: greedy NMS over score-sorted groups.
+- :func:`candidate_rows` (post-processing): the priors whose row of logits can hold a
+  score above the threshold, in one pass over the logits (two threads where PyTorch has two);
+- :func:`greedy_nms_groups` (post-processing): greedy NMS over score-sorted groups;
+- :func:`hard_negatives` (the MultiBox loss): each image's highest-loss negatives, by a
+  radix selection over the float bits instead of a ``topk`` and a sort.
 
-Without Numba (or for other devices) both return ``None`` and the tensor code runs
-instead. The results are the same: candidate rows only ever add rows whose exact
-scores are then computed and tested as before, and the overlap test is the one of
-:func:`multibox.nms.overlap_mask`, in float32, operation for operation
-(``inter * (1 + t) > (area_a + area_b) * t``, NaN never overlapping).
+Without Numba (or for other devices, dtypes, or NaN losses) each returns ``None`` and the
+tensor code runs instead. The results are the same: candidate rows only ever add rows
+whose exact scores are then computed and tested as before; the overlap test is the one
+of :func:`multibox.nms.overlap_mask`, in float32, operation for operation
+(``inter * (1 + t) > (area_a + area_b) * t``, NaN never overlapping); the negatives are
+the same set as a stable descending sort cut at each image's count.
 """
 from __future__ import annotations
 
@@ -73,6 +77,58 @@ def _greedy_groups(x1, y1, x2, y2, group, t_plus_one, t, keep):  # pragma: no co
         start = j
 
 
+def _highest_negatives(loss, positive, num_neg, chosen, has_nan):  # pragma: no cover - compiled
+    """``chosen[i]``: the ``num_neg[i]`` non-positive priors of image i with the highest loss,
+    ties to the lowest index. Float bits map to unsigned keys that order like the values
+    (-0.0 as 0.0); a histogram of the keys' top 12 bits finds the bucket holding the cut,
+    and only that bucket is sorted."""
+    n, p = loss.shape
+    bits = loss.view(np.int32)
+    for i in numba.prange(n):
+        keys = np.empty(p, np.uint32)
+        hist = np.zeros(4096, np.int64)
+        for j in range(p):
+            b = bits[i, j]
+            if b == -2147483648:  # -0.0
+                b = 0
+            key = np.uint32(b ^ 0x7FFFFFFF) if b < 0 else np.uint32(b) | np.uint32(0x80000000)
+            keys[j] = key
+            if loss[i, j] != loss[i, j]:
+                has_nan[i] = True
+            if not positive[i, j]:
+                hist[key >> np.uint32(20)] += 1
+        need = num_neg[i]
+        if need == 0:
+            for j in range(p):
+                chosen[i, j] = False
+            continue
+        above = 0
+        top = 4095
+        while above + hist[top] < need:
+            above += hist[top]
+            top -= 1
+        bucket = np.empty(hist[top], np.uint32)
+        q = 0
+        for j in range(p):
+            if not positive[i, j] and (keys[j] >> np.uint32(20)) == top:
+                bucket[q] = keys[j]
+                q += 1
+        bucket.sort()
+        cut = bucket[q - (need - above)]  # the need-th largest key
+        for j in range(q):
+            above += bucket[j] > cut
+        ties = need - above  # how many priors at the cut are taken, lowest index first
+        for j in range(p):
+            take = False
+            if not positive[i, j]:
+                if keys[j] > cut:
+                    take = True
+                elif keys[j] == cut and ties > 0:
+                    take = True
+                    ties -= 1
+            chosen[i, j] = take
+
+
 numba = None  # imported on first use: Numba's import alone takes ~0.4 s
 _compiled: dict | None = None  # the compiled loops by name; {} where Numba is missing
 
@@ -90,6 +146,7 @@ def _loops() -> dict:
                 "softmax": numba.njit(cache=True, nogil=True, parallel=True)(_rows_above_background),
                 "sigmoid": numba.njit(cache=True, nogil=True, parallel=True)(_rows_above),
                 "greedy_groups": numba.njit(cache=True, nogil=True)(_greedy_groups),
+                "negatives": numba.njit(cache=True, nogil=True, parallel=True)(_highest_negatives),
             }
     return _compiled
 
@@ -101,6 +158,11 @@ def available() -> bool:
 
 def _on_cpu(*tensors: Tensor) -> bool:
     return all(t.device.type == "cpu" for t in tensors)
+
+
+def _use_torch_threads() -> None:
+    """Run parallel loops on as many threads as PyTorch uses (and Numba has)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
 def candidate_rows(logits: Tensor, threshold: float, score_type: str) -> Tensor | None:
@@ -120,7 +182,7 @@ def candidate_rows(logits: Tensor, threshold: float, score_type: str) -> Tensor 
     else:
         bound = math.log(threshold / (1 - threshold)) if threshold < 1 else math.inf
     mask = np.empty(logits.shape[0], np.bool_)
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    _use_torch_threads()
     loops[score_type](logits.detach().contiguous().numpy(), np.float32(bound - 1e-3), mask)
     return torch.from_numpy(np.flatnonzero(mask).astype(np.int64, copy=False))
 
@@ -137,3 +199,20 @@ def greedy_nms_groups(boxes: Tensor, group: Tensor, iou_threshold: float) -> Ten
     loop(x1, y1, x2, y2, group.contiguous().numpy().astype(np.int64, copy=False),
          np.float32(1.0 + iou_threshold), np.float32(iou_threshold), keep)
     return torch.from_numpy(keep)
+
+
+def hard_negatives(conf_loss: Tensor, positive: Tensor, num_neg: Tensor) -> Tensor | None:
+    """``(N, P)`` bool: for each image, the ``num_neg (N, 1)`` priors that are not ``positive``
+    with the highest ``conf_loss``, ties broken by the lower prior index (the set a stable
+    descending sort cut at ``num_neg`` gives). ``None`` where the loop cannot run: no Numba,
+    not float32 CPU tensors, or a NaN loss (whose order is PyTorch's to define)."""
+    loop = _loops().get("negatives")
+    if loop is None or not _on_cpu(conf_loss, positive, num_neg) or conf_loss.dtype != torch.float32:
+        return None
+    n, p = conf_loss.shape
+    chosen = np.empty((n, p), np.bool_)
+    has_nan = np.zeros(n, np.bool_)
+    _use_torch_threads()
+    loop(conf_loss.detach().contiguous().numpy(), positive.contiguous().numpy(),
+         num_neg.reshape(-1).contiguous().numpy().astype(np.int64, copy=False), chosen, has_nan)
+    return None if has_nan.any() else torch.from_numpy(chosen)

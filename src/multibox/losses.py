@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boxes import DEFAULT_VARIANCES, encode_boxes
+from .loops import hard_negatives
 from .matching import Matches, match_priors
 from .rowsums import exp_row_sums
 from .select import where
@@ -79,6 +80,9 @@ def hard_negative_mask(conf_loss: Tensor, positive: Tensor, neg_pos_ratio: float
     k = int(num_neg.max()) if num_neg.numel() else 0
     if k == 0:
         return torch.zeros_like(positive)
+    chosen = hard_negatives(conf_loss, positive, num_neg)  # CPU + Numba: one radix selection per image
+    if chosen is not None:
+        return chosen
     neg_loss = conf_loss.detach().masked_fill(positive, -math.inf)
     # The same set as a stable descending sort cut at num_neg, without sorting every prior:
     # the num_neg-th largest loss of each image (topk), everything at least as large, and when
