@@ -157,7 +157,8 @@ def available() -> bool:
 
 
 def _on_cpu(*tensors: Tensor) -> bool:
-    return all(t.device.type == "cpu" for t in tensors)
+    """CPU tensors, outside ``torch.compile`` tracing (which traces the tensor code instead)."""
+    return all(t.device.type == "cpu" for t in tensors) and not torch.compiler.is_compiling()
 
 
 def _use_torch_threads() -> None:
