@@ -204,6 +204,8 @@ def test_compiled_and_tensor_hard_negatives_choose_the_same_priors(seed, monkeyp
         pytest.skip("Numba is not installed: only the tensor selection ran")
     num_neg = torch.minimum((pos.sum(1, keepdim=True) * 3.0).long(), 3000 - pos.sum(1, keepdim=True))
     assert torch.equal(loops.hard_negatives(conf, pos, num_neg), expected)  # it ran, and agrees
+    everything = loops.hard_negatives(conf, pos, torch.full((6, 1), 10**6))  # more than there are
+    assert torch.equal(everything, ~pos)
     conf[1, 7] = math.nan  # NaN: left to the tensor code
     assert loops.hard_negatives(conf, pos, num_neg) is None
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+
 def _rows_above_background(logits, bound, mask):  # pragma: no cover - compiled
     """``mask[r]``: some class c > 0 of row r has ``l_c - l_0 > bound``. NaN compares false
     (a row with a NaN has no candidates: its softmax is all NaN)."""
@@ -97,8 +98,8 @@ def _highest_negatives(loss, positive, num_neg, chosen, has_nan):  # pragma: no 
                 has_nan[i] = True
             if not positive[i, j]:
                 hist[key >> np.uint32(20)] += 1
-        need = num_neg[i]
-        if need == 0:
+        need = min(num_neg[i], hist.sum())  # never more than the image's negatives
+        if need <= 0:
             for j in range(p):
                 chosen[i, j] = False
             continue
@@ -168,7 +169,7 @@ def _use_torch_threads() -> None:
 
 def candidate_rows(logits: Tensor, threshold: float, score_type: str) -> Tensor | None:
     """Ascending indices of the rows of CPU ``logits (R, C)`` that may hold a class score above
-    ``threshold`` (``0 < threshold``); ``None`` where the loop cannot run.
+    ``threshold``; ``None`` where the loop cannot run (or ``threshold <= 0``: every row may).
 
     A softmax score ``exp(l_c) / sum_j exp(l_j)`` is below ``exp(l_c - l_0)``, so it can pass
     only if ``l_c - l_0 > log(threshold)``; a sigmoid score only if ``l_c > logit(threshold)``.
@@ -176,7 +177,7 @@ def candidate_rows(logits: Tensor, threshold: float, score_type: str) -> Tensor 
     ~1e-6), so no row that passes is ruled out; the rows kept get their exact scores after.
     """
     loops = _loops()
-    if not loops or not _on_cpu(logits) or logits.dtype != torch.float32:
+    if not loops or not _on_cpu(logits) or logits.dtype != torch.float32 or not threshold > 0:
         return None
     if score_type == "softmax":
         bound = math.log(threshold)
