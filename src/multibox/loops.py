@@ -144,12 +144,19 @@ def _loops() -> dict:
         else:
             numba = _numba
             _compiled = {
-                "softmax": numba.njit(cache=True, nogil=True, parallel=True)(_rows_above_background),
-                "sigmoid": numba.njit(cache=True, nogil=True, parallel=True)(_rows_above),
-                "greedy_groups": numba.njit(cache=True, nogil=True)(_greedy_groups),
-                "negatives": numba.njit(cache=True, nogil=True, parallel=True)(_highest_negatives),
+                "softmax": _jit(_rows_above_background, parallel=True),
+                "sigmoid": _jit(_rows_above, parallel=True),
+                "greedy_groups": _jit(_greedy_groups, parallel=False),
+                "negatives": _jit(_highest_negatives, parallel=True),
             }
     return _compiled
+
+
+def _jit(fn, parallel: bool):
+    try:
+        return numba.njit(cache=True, nogil=True, parallel=parallel)(fn)
+    except RuntimeError:  # pragma: no cover - no writable cache location: compile anew in each process
+        return numba.njit(nogil=True, parallel=parallel)(fn)
 
 
 def available() -> bool:
