@@ -50,7 +50,7 @@ def mining(request, monkeypatch):
     from multibox import loops
 
     if request.param == "compiled" and not loops.available():
-        pytest.skip("Numba is not installed")
+        pytest.skip("compiled loops unavailable (no Numba, or MULTIBOX_NO_NUMBA=1)")
     if request.param == "tensor":
         monkeypatch.setattr(losses, "hard_negatives", lambda *a: None)
     return request.param
@@ -201,7 +201,7 @@ def test_compiled_and_tensor_hard_negatives_choose_the_same_priors(seed, monkeyp
     tensor = hard_negative_mask(conf, pos, 3.0)
     assert torch.equal(tensor, expected) and torch.equal(default, expected)
     if not loops.available():
-        pytest.skip("Numba is not installed: only the tensor selection ran")
+        pytest.skip("compiled loops unavailable: only the tensor selection ran")
     num_neg = torch.minimum((pos.sum(1, keepdim=True) * 3.0).long(), 3000 - pos.sum(1, keepdim=True))
     assert torch.equal(loops.hard_negatives(conf, pos, num_neg), expected)  # it ran, and agrees
     everything = loops.hard_negatives(conf, pos, torch.full((6, 1), 10**6))  # more than there are

@@ -177,7 +177,7 @@ def row_test(request, monkeypatch):
     from multibox import loops
 
     if request.param == "compiled" and not loops.available():
-        pytest.skip("Numba is not installed")
+        pytest.skip("compiled loops unavailable (no Numba, or MULTIBOX_NO_NUMBA=1)")
     if request.param == "tensor":
         monkeypatch.setattr(nms, "candidate_rows", lambda *a: None)
     return request.param
@@ -344,6 +344,6 @@ def test_compiled_loop_pairs_and_padded_nms_keep_the_same_boxes(seed, monkeypatc
         checked += 1
     assert checked > 40
     if not loops.available():
-        pytest.skip("Numba is not installed: only the tensor formulations ran")
+        pytest.skip("compiled loops unavailable: only the tensor formulations ran")
     loop = loops.greedy_nms_groups(boxes, group, t)
     assert loop.dtype == torch.bool and torch.equal(loop, pairs)

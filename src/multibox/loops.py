@@ -13,8 +13,8 @@ first use, cached on disk) that run for CPU tensors:
 - :func:`hard_negatives` (the MultiBox loss): each image's highest-loss negatives, by a
   radix selection over the float bits instead of a ``topk`` and a sort.
 
-Without Numba (or for other devices, dtypes, or NaN losses) each returns ``None`` and the
-tensor code runs instead. The results are the same: candidate rows only ever add rows
+Without Numba, with ``MULTIBOX_NO_NUMBA=1`` in the environment, or for other devices,
+dtypes, or NaN losses, each returns ``None`` and the tensor code runs instead. The results are the same: candidate rows only ever add rows
 whose exact scores are then computed and tested as before; the overlap test is the one
 of :func:`multibox.nms.overlap_mask`, in float32, operation for operation
 (``inter * (1 + t) > (area_a + area_b) * t``, NaN never overlapping); the negatives are
@@ -23,6 +23,7 @@ the same set as a stable descending sort cut at each image's count.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -138,8 +139,10 @@ def _loops() -> dict:
     global _compiled, numba
     if _compiled is None:
         try:
+            if os.environ.get("MULTIBOX_NO_NUMBA", "0") not in ("", "0"):
+                raise ImportError("compiled loops turned off by MULTIBOX_NO_NUMBA")
             import numba as _numba
-        except ImportError:  # pragma: no cover - exercised where Numba is not installed
+        except ImportError:  # Numba missing or turned off: the tensor code runs everywhere
             _compiled = {}
         else:
             numba = _numba
