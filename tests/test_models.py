@@ -4,15 +4,7 @@ import torch
 from multibox import create_model, list_models
 from multibox.models import offline_kwargs
 from multibox.losses import FocalLoss, MultiBoxLoss
-from multibox.models.efficientnet import (
-    EfficientNetLite,
-    EfficientNetLite0,
-    lite0_weights_path,
-    lite_stages,
-    lite_weights_path,
-    load_lite0_weights,
-    load_lite_weights,
-)
+from multibox.models.efficientnet import EfficientNetLite, lite_stages, lite_weights_path, load_lite_weights
 from multibox.models.resnet import ResNet, load_resnet_weights
 from multibox.models.vgg import convert_vgg16_imagenet
 from multibox.models.weights import read_state_dict
@@ -167,12 +159,12 @@ def test_resnet_backbone_weights_through_create_model(tmp_path):
 
 
 def test_efficientnet_lite0_weights_load_strictly_and_all_keys_are_used():
-    path = lite0_weights_path()
+    path = lite_weights_path(0)
     sd = read_state_dict(path)
     assert len(sd) == 296
-    full = EfficientNetLite0(include_top=True)
+    full = EfficientNetLite(0, include_top=True)
     assert set(full.state_dict()) == set(sd)  # every key of the file has a place
-    load_lite0_weights(full, path)
+    load_lite_weights(full, path)
     assert torch.equal(full._blocks[15]._project_conv.weight, sd["_blocks.15._project_conv.weight"])
     det = create_model("ssdlite_effl0", num_classes=3)
     assert set(det.backbone.state_dict()) == set(sd) - {"_fc.weight", "_fc.bias"}

@@ -14,9 +14,10 @@ first use, cached on disk) that run for CPU tensors:
   radix selection over the float bits instead of a ``topk`` and a sort.
 
 Without Numba, with ``MULTIBOX_NO_NUMBA=1`` in the environment, or for other devices,
-dtypes, or NaN losses, each returns ``None`` and the tensor code runs instead. The results are the same: candidate rows only ever add rows
-whose exact scores are then computed and tested as before; the overlap test is the one
-of :func:`multibox.nms.overlap_mask`, in float32, operation for operation
+dtypes, or NaN losses, each returns ``None`` and the tensor code runs instead. The
+results are the same: candidate rows only ever add rows whose exact scores are then
+computed and tested as before; the overlap test is the one of
+:func:`multibox.nms.overlap_mask`, in float32, operation for operation
 (``inter * (1 + t) > (area_a + area_b) * t``, NaN never overlapping); the negatives are
 the same set as a stable descending sort cut at each image's count.
 """

