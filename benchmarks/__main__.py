@@ -312,12 +312,12 @@ def cpu_name() -> str:
 
 
 def numba_version() -> str:
-    """Whether post-processing runs its compiled CPU loops (multibox.loops) in this install."""
-    try:
-        import numba
-    except ImportError:
-        return "no Numba (post-processing by tensor operations only)"
-    return f"Numba {numba.__version__}"
+    """Whether post-processing and the loss run their compiled CPU loops (multibox.loops) here."""
+    from multibox import loops
+
+    if not loops.available():
+        return "no compiled loops (no Numba, or MULTIBOX_NO_NUMBA=1): tensor operations only"
+    return f"Numba {loops.numba.__version__}"
 
 
 def markdown_table(machine: str, seconds: float, command: str) -> str:
