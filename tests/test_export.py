@@ -139,11 +139,12 @@ def test_export_cli_torch_export(tmp_path):
     assert program.module()(torch.zeros(1, 3, 160, 160))[1].shape[-1] == 4
 
 
-def test_onnx_export_carries_test_time_mirroring(tmp_path):
-    """A model with tta set exports its mirrored views into the graph: ONNX Runtime gives the
-    detector's predictions, which differ from the single view's."""
-    det = Detector.from_checkpoint(make_checkpoint(tmp_path / "m.pt", seed=3, tta="hflip"))
-    assert det.model.postprocess_config.tta == "hflip"
+@pytest.mark.parametrize("mode", ["hflip", "dihedral"])
+def test_onnx_export_carries_test_time_mirroring(tmp_path, mode):
+    """A model with tta set exports its mirrored (and transposed) views into the graph: ONNX
+    Runtime gives the detector's predictions, which differ from the single view's."""
+    det = Detector.from_checkpoint(make_checkpoint(tmp_path / "m.pt", seed=3, tta=mode))
+    assert det.model.postprocess_config.tta == mode
     onnx_det = OnnxDetector(export_onnx(det.model, tmp_path / "m.onnx", det.class_names))
     ims = images(2, seed=11)
     ref = det.predict(ims, batch_size=2)

@@ -4,7 +4,8 @@ import torch
 from multibox import create_model
 from multibox.boxes import cxcywh_to_xyxy, decode_boxes, encode_boxes
 from multibox.priors import make_priors, ssd_feature_maps
-from multibox.tta import merge_views, mirror_boxes, mirror_partners
+from multibox.priors import FeatureMapPriors
+from multibox.tta import TTA_MODES, merge_views, mirror_boxes, mirror_images, mirror_partners
 
 MAPS = ssd_feature_maps([10, 5, 3, 1], [0.2, 0.4, 0.6, 0.8, 0.95], [(2,), (2, 3), (2,), (2,)])
 
@@ -17,6 +18,34 @@ def test_partner_of_a_prior_is_its_mirror_image(h, v):
     assert torch.equal(idx[idx], torch.arange(len(priors)))  # an involution
     expected = mirror_boxes(cxcywh_to_xyxy(priors), h, v)
     assert torch.allclose(cxcywh_to_xyxy(priors[idx]), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("view", TTA_MODES["dihedral"])
+def test_partner_in_every_dihedral_view_maps_back_onto_the_prior(view):
+    """The view's prior that sees what prior i sees, mapped back from the view, is prior i."""
+    priors = make_priors(MAPS)
+    idx = mirror_partners(MAPS, *view)
+    assert sorted(idx.tolist()) == list(range(len(priors)))
+    back = mirror_boxes(cxcywh_to_xyxy(priors[idx]), *view)
+    assert torch.allclose(back, cxcywh_to_xyxy(priors), atol=1e-6)
+
+
+def test_transposed_view_shows_the_image_transposed():
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    assert torch.equal(mirror_images(x, False, False, True), x.transpose(-1, -2))
+    # mirrored left-right, then transposed: a quarter turn anticlockwise
+    assert torch.equal(mirror_images(x, True, False, True), torch.rot90(x, 1, (-2, -1)))
+    # a box in the top-right corner of the transposed view is at the bottom left of the image
+    assert mirror_boxes(torch.tensor([0.6, 0.0, 1.0, 0.2]), False, False, True).tolist() == pytest.approx(
+        [0.0, 0.6, 0.2, 1.0])
+
+
+def test_transposed_views_need_square_grids_and_closed_shape_sets():
+    with pytest.raises(ValueError, match="square grids"):
+        mirror_partners([FeatureMapPriors((4, 6), ((0.2, 0.2),))], False, False, True)
+    with pytest.raises(ValueError, match="transpose among the shapes"):
+        mirror_partners([FeatureMapPriors((4, 4), ((0.2, 0.2), (0.3, 0.1)))], False, False, True)
+    assert len(mirror_partners([FeatureMapPriors((4, 6), ((0.2, 0.2),))], True, True)) == 24  # mirrors are fine
 
 
 def test_merge_averages_boxes_and_probabilities_per_prior():
@@ -67,26 +96,26 @@ def test_views_that_agree_merge_to_the_same_prediction():
     assert torch.allclose(logits.softmax(-1), logit0.softmax(-1), atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["hflip", "hvflip"])
-def test_mirroring_makes_the_detector_mirror_equivariant(mode):
-    """With every mirror image among the views, detecting on a mirrored image gives the
-    mirror image of the detections (an untrained model on its own is far from it)."""
+@pytest.mark.parametrize("mode,view", [("hflip", (True, False, False)), ("hvflip", (True, True, False)),
+                                       ("dihedral", (True, False, True)), ("dihedral", (False, True, True))])
+def test_mirroring_makes_the_detector_mirror_equivariant(mode, view):
+    """With every view of the group among the views, detecting on a mirrored (or rotated) image
+    gives the mirror image of the detections (an untrained model on its own is far from it)."""
     torch.manual_seed(0)
     model = create_model("ssd_resnet18", num_classes=3).eval()
     for layer in model.head.classification:  # no 1% class prior: scores spread around 0.5
         torch.nn.init.zeros_(layer.bias)
     x = torch.rand(1, 3, 224, 224) * 255
-    flip = [-1] if mode == "hflip" else [-1, -2]
     a = model.predict(x, score_threshold=0.3, max_detections=50, tta=mode).per_image()[0]
-    b = model.predict(x.flip(flip), score_threshold=0.3, max_detections=50, tta=mode).per_image()[0]
+    b = model.predict(mirror_images(x, *view), score_threshold=0.3, max_detections=50, tta=mode).per_image()[0]
     assert len(a["scores"]) > 0 and len(a["scores"]) == len(b["scores"])
     sa, sb = a["scores"].sort(descending=True), b["scores"].sort(descending=True)
     assert torch.allclose(sa.values, sb.values, atol=1e-5)
-    mirrored = mirror_boxes(b["boxes"][sb.indices] / 224, True, mode == "hvflip") * 224
+    mirrored = mirror_boxes(b["boxes"][sb.indices] / 224, *view) * 224
     assert torch.allclose(a["boxes"][sa.indices], mirrored, atol=1e-2)
     assert torch.equal(a["labels"][sa.indices], b["labels"][sb.indices])
     plain = model.predict(x, score_threshold=0.3, max_detections=50).per_image()[0]
-    plain_b = model.predict(x.flip(flip), score_threshold=0.3, max_detections=50).per_image()[0]
+    plain_b = model.predict(mirror_images(x, *view), score_threshold=0.3, max_detections=50).per_image()[0]
     assert len(plain["scores"]) != len(plain_b["scores"]) or not torch.allclose(
         plain["scores"].sort().values, plain_b["scores"].sort().values, atol=1e-3)
 

@@ -21,7 +21,7 @@ import warnings
 from .memory import keep_freed_memory
 
 # multibox.tta.TTA_MODES, named here so that building the parser does not import torch
-TTA_CHOICES = ("none", "hflip", "hvflip")
+TTA_CHOICES = ("none", "hflip", "hvflip", "dihedral")
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

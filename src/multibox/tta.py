@@ -11,9 +11,13 @@ prior, and handed to the usual post-processing, which never knows the difference
 Averaging probabilities rather than merging boxes after NMS steadies the scores, which
 rank the detections that average precision is computed from.
 
-Modes: ``"none"``, ``"hflip"`` (2 views) and ``"hvflip"`` (4 views: as is, mirrored
+Modes: ``"none"``, ``"hflip"`` (2 views), ``"hvflip"`` (4 views: as is, mirrored
 left-right, top-bottom, both), for data with no up or down such as microscopy or aerial
-images. Inference costs grow with the number of views.
+images, and ``"dihedral"`` (8 views: those four and their transposes, i.e. every rotation
+by a multiple of 90 degrees with and without mirroring). A transpose swaps rows and
+columns of every grid and the width and height of every prior shape, so it needs square
+inputs, square grids and a shape set closed under that swap (SSD's: ``1, r, 1/r`` and the
+extra square). Inference costs grow with the number of views.
 """
 from __future__ import annotations
 
@@ -25,7 +29,14 @@ from torch import Tensor
 from .boxes import decode_boxes, encode_boxes
 from .priors import FeatureMapPriors
 
-TTA_MODES = {"none": (), "hflip": ((True, False),), "hvflip": ((True, False), (False, True), (True, True))}
+# each view beside the image as given: (mirror left-right, mirror top-bottom, then transpose)
+TTA_MODES = {
+    "none": (),
+    "hflip": ((True, False, False),),
+    "hvflip": ((True, False, False), (False, True, False), (True, True, False)),
+    "dihedral": ((True, False, False), (False, True, False), (True, True, False),
+                 (False, False, True), (True, False, True), (False, True, True), (True, True, True)),
+}
 
 
 def check_tta(mode: str) -> str:
@@ -34,8 +45,25 @@ def check_tta(mode: str) -> str:
     return mode
 
 
-def mirror_partners(maps: Sequence[FeatureMapPriors], horizontal: bool = True, vertical: bool = False) -> Tensor:
-    """Index ``(P,)`` of each prior's partner under the mirroring (see the module docstring).
+def transposed_shapes(fm: FeatureMapPriors) -> list[int]:
+    """For each prior shape of ``fm``, the index of its transpose (width and height swapped)."""
+    rows, cols = fm.size
+    if rows != cols or (fm.step is not None and fm.step[0] != fm.step[1]):
+        raise ValueError(f"transposed views need square grids with equal steps, got {rows}x{cols} (step {fm.step})")
+    out = []
+    for w, h in fm.box_sizes:
+        match = [b for b, (w2, h2) in enumerate(fm.box_sizes) if abs(w2 - h) < 1e-9 and abs(h2 - w) < 1e-9]
+        if not match:
+            raise ValueError(f"transposed views need every prior shape's transpose among the shapes; "
+                             f"{w:g} x {h:g} has none in {fm.box_sizes}")
+        out.append(match[0])
+    return out
+
+
+def mirror_partners(maps: Sequence[FeatureMapPriors], horizontal: bool = True, vertical: bool = False,
+                    transpose: bool = False) -> Tensor:
+    """Index ``(P,)`` of each prior's partner in the view that mirrors the image and then, if
+    ``transpose``, transposes it (see the module docstring).
 
     Exact for grids centred on the image (the default steps); with explicit steps that do not
     tile the image exactly the partner is the mirrored cell, off the mirror image of the prior's
@@ -44,23 +72,31 @@ def mirror_partners(maps: Sequence[FeatureMapPriors], horizontal: bool = True, v
     for fm in maps:
         rows, cols = fm.size
         idx = torch.arange(fm.num_priors).view(rows, cols, fm.num_priors_per_cell)
+        if transpose:  # what the original sees at (r, c) the view sees at (c, r), in the swapped shape
+            idx = idx.permute(1, 0, 2)[..., transposed_shapes(fm)]
         dims = [d for d, on in ((0, vertical), (1, horizontal)) if on]
         out.append((idx.flip(dims) if dims else idx).reshape(-1) + offset)
         offset += fm.num_priors
     return torch.cat(out)
 
 
-def mirror_images(images: Tensor, horizontal: bool, vertical: bool) -> Tensor:
+def mirror_images(images: Tensor, horizontal: bool, vertical: bool, transpose: bool = False) -> Tensor:
+    """The view of ``(N, C, H, W)`` images: mirrored, then transposed if asked."""
     dims = [d for d, on in ((-2, vertical), (-1, horizontal)) if on]
-    out = images.flip(dims)
+    out = images.flip(dims) if dims else images  # (an empty flip exports to an invalid ONNX Slice)
+    if transpose:
+        out = out.transpose(-1, -2)
     if images.is_contiguous(memory_format=torch.channels_last):
         out = out.contiguous(memory_format=torch.channels_last)
     return out
 
 
-def mirror_boxes(boxes: Tensor, horizontal: bool, vertical: bool) -> Tensor:
-    """xyxy boxes in image fractions, mirrored in the unit square."""
+def mirror_boxes(boxes: Tensor, horizontal: bool, vertical: bool, transpose: bool = False) -> Tensor:
+    """xyxy boxes in image fractions of a view mapped back to the image: transposed back if
+    the view was transposed, then mirrored in the unit square."""
     x1, y1, x2, y2 = boxes.unbind(-1)
+    if transpose:
+        x1, y1, x2, y2 = y1, x1, y2, x2
     if horizontal:
         x1, x2 = 1 - x2, 1 - x1
     if vertical:
@@ -83,20 +119,21 @@ def logits_of(probs: Tensor, score_type: str) -> Tensor:
 def merge_views(
     views: Sequence[tuple[Tensor, Tensor]],
     partners: Sequence[Tensor | None],
-    flips: Sequence[tuple[bool, bool]],
+    flips: Sequence[tuple[bool, ...]],
     priors: Tensor,
     score_type: str,
     variances: tuple[float, float],
 ) -> tuple[Tensor, Tensor]:
     """Average the ``(offsets, logits)`` of each view per prior; the first view is the
-    image as given (partner ``None``, flips ``(False, False)``). Returns ``(offsets, logits)``
+    image as given (partner ``None``, flips ``(False, False)``); ``flips`` are the arguments
+    of :func:`mirror_boxes` that map each view back. Returns ``(offsets, logits)``
     of the merged prediction, for :func:`multibox.nms.postprocess`."""
     boxes_sum, probs_sum = None, None
-    for (loc, logits), idx, (h, v) in zip(views, partners, flips):
+    for (loc, logits), idx, flip in zip(views, partners, flips):
         loc, logits, own = loc.float(), logits.float(), priors
         if idx is not None:  # the partner's prediction on the mirrored view, decoded against the partner
             loc, logits, own = loc.index_select(1, idx), logits.index_select(1, idx), priors.index_select(0, idx)
-        boxes = mirror_boxes(decode_boxes(loc, own, variances), h, v)
+        boxes = mirror_boxes(decode_boxes(loc, own, variances), *flip)
         probs = probabilities(logits, score_type)
         boxes_sum = boxes if boxes_sum is None else boxes_sum + boxes
         probs_sum = probs if probs_sum is None else probs_sum + probs

@@ -33,7 +33,7 @@ class PostprocessConfig:
     iou_threshold: float = 0.45
     max_detections: int = 200
     candidates_per_class: int | None = 400
-    tta: str = "none"  # test-time mirroring: none | hflip | hvflip (see multibox.tta)
+    tta: str = "none"  # test-time mirroring: none | hflip | hvflip | dihedral (see multibox.tta)
     box_voting: bool = False  # kept boxes become the score-weighted mean of what they suppress (multibox.nms)
 
 
@@ -204,7 +204,7 @@ class SSD(nn.Module):
             return loc, logits
         flips = TTA_MODES[mode]
         views, partners = [(loc, logits)], [None]
-        for h, v in flips:
-            views.append(self(mirror_images(images, h, v)))
-            partners.append(mirror_partners(self.prior_maps, h, v).to(images.device))
+        for flip in flips:
+            views.append(self(mirror_images(images, *flip)))
+            partners.append(mirror_partners(self.prior_maps, *flip).to(images.device))
         return merge_views(views, partners, [(False, False), *flips], self.priors, self.score_type, self.variances)
