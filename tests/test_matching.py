@@ -203,3 +203,132 @@ def test_repeated_matching_with_the_same_priors_reuses_nothing_stale():
     priors[3] = priors[0]  # prior 3 now sits where prior 0 was
     priors[0] = xyxy_to_cxcywh(torch.tensor([0.5, 0.5, 1.0, 1.0]))
     assert match_priors(gt, torch.tensor([[1]]), priors).labels.tolist() == [[1, 0, 0, 0, 0]]
+
+
+# --- ATSS ---------------------------------------------------------------------------------
+
+def _two_maps():
+    """A 4x4 grid of 0.25 squares (priors 0-15) and a 2x2 grid of 0.5 squares (16-19)."""
+    from multibox.priors import FeatureMapPriors, make_priors
+
+    maps = [FeatureMapPriors((4, 4), ((0.25, 0.25),)), FeatureMapPriors((2, 2), ((0.5, 0.5),))]
+    return maps, make_priors(maps).float()
+
+
+def test_atss_by_hand():
+    """Box (0.3, 0.3, 0.7, 0.6), centre (0.5, 0.45), top_k = 3. Nearest priors: on the 4x4 map
+    5 and 6 (0.125 by 0.075 away), then 9 (ties with 10, lower index first); on the 2x2 map 16,
+    17, then 18. Overlaps: 5 and 6: 0.04 / 0.1425; 9: 0.02 / 0.1625; 16 and 17: 0.04 / 0.33;
+    18: 0.02 / 0.35. Threshold = mean + std of those six; 5 and 6 reach it (centres inside)."""
+    from multibox.matching import match_atss
+
+    maps, priors = _two_maps()
+    gt = torch.tensor([[[0.3, 0.3, 0.7, 0.6]]])
+    ious = torch.tensor([0.04 / 0.1425, 0.04 / 0.1425, 0.02 / 0.1625, 0.04 / 0.33, 0.04 / 0.33, 0.02 / 0.35])
+    threshold = ious.mean() + ious.std()
+    assert 0.125 < threshold < 0.04 / 0.1425  # only the two best pass
+    m = match_atss(gt, torch.tensor([[2]]), priors, [16, 4], top_k=3)
+    assert (m.labels[0] > 0).nonzero().flatten().tolist() == [5, 6]
+    assert m.labels[0, 5] == 2 and m.object_index[0, 6] == 0
+    # SSD's rule finds no overlap >= 0.5 and forces only the best prior (5, the lower of a tie)
+    assert (match_priors(gt, torch.tensor([[2]]), priors).labels[0] > 0).nonzero().flatten().tolist() == [5]
+
+
+def _reference_atss(gt, labels, priors, level_sizes, top_k):
+    """ATSS one object at a time, in numpy float64."""
+    import numpy as np
+
+    from multibox.boxes import box_iou_numpy
+
+    pr = priors.double().numpy()
+    pr_xyxy = np.concatenate([pr[:, :2] - pr[:, 2:] / 2, pr[:, :2] + pr[:, 2:] / 2], axis=1)
+    n, m = labels.shape
+    out_idx = np.full((n, len(pr)), -1)
+    outside_hits = 0
+    for i in range(n):
+        best = np.full(len(pr), -1.0)
+        for j in range(m):
+            if labels[i, j] <= 0:
+                continue
+            box = gt[i, j].double().numpy()
+            centre = (box[:2] + box[2:]) / 2
+            cand, start = [], 0
+            for size in level_sizes:
+                d = np.sqrt(((pr[start:start + size, :2] - centre) ** 2).sum(1))
+                cand += list(np.argsort(d, kind="stable")[:top_k] + start)
+                start += size
+            cand = np.array(cand)
+            iou = box_iou_numpy(box[None], pr_xyxy[cand])[0]
+            thr = iou.mean() + iou.std(ddof=1)
+            for c, v in zip(cand, iou):
+                cx, cy = pr[c, :2]
+                inside = box[0] < cx < box[2] and box[1] < cy < box[3]
+                if v >= thr and v > 0 and not inside:
+                    outside_hits += 1
+                if v >= thr and v > 0 and inside and v > best[c]:  # strictly: the lowest slot keeps ties
+                    best[c], out_idx[i, c] = v, j
+    return out_idx, outside_hits
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_atss_equals_a_per_object_loop(seed):
+    from multibox.matching import match_atss
+    from multibox.priors import ssd_feature_maps
+
+    maps = ssd_feature_maps([10, 5, 3, 1], [0.1, 0.25, 0.45, 0.7, 0.9], [(2,), (2, 3), (2,), ()])
+    priors = make_priors_double(maps)
+    g = torch.Generator().manual_seed(seed)
+    n, m = 4, 12
+    centre = torch.rand(n, m, 2, generator=g, dtype=torch.float64)
+    size = torch.rand(n, m, 2, generator=g, dtype=torch.float64) * 0.5 + 0.02
+    gt = torch.cat([centre - size / 2, centre + size / 2], -1).clamp(0, 1)
+    labels = torch.randint(1, 4, (n, m), generator=g)
+    labels[1, 7:] = 0  # padding
+    labels[3] = 0  # an image without objects
+    sizes = [fm.num_priors for fm in maps]
+    got = match_atss(gt, labels, priors, sizes, top_k=5)
+    want, outside = _reference_atss(gt, labels, priors, sizes, 5)
+    assert torch.equal(got.object_index, torch.from_numpy(want))
+    assert torch.equal(got.labels, torch.where(got.object_index >= 0, labels.gather(1, got.object_index.clamp(min=0)), 0))
+    assert (got.labels[3] == 0).all() and (got.object_index[1] < 7).all()
+    assert outside > 0  # the centre-inside rule had something to reject
+
+
+def make_priors_double(maps):
+    from multibox.priors import make_priors
+
+    return make_priors(maps).double()
+
+
+def test_atss_gives_small_objects_several_priors():
+    """A platelet-sized box, too small for any prior to reach IoU 0.5: SSD's rule gives it its
+    single best prior, ATSS those nearest its centre that overlap it best."""
+    from multibox.matching import match_atss
+    from multibox.priors import make_priors, ssd_feature_maps
+
+    maps = ssd_feature_maps([20, 10, 5], [0.1, 0.3, 0.6, 0.9], [(2,), (2,), (2,)])
+    priors = make_priors(maps)
+    gt = torch.tensor([[[0.41, 0.42, 0.47, 0.49]]])
+    ssd = match_priors(gt, torch.tensor([[1]]), priors)
+    atss = match_atss(gt, torch.tensor([[1]]), priors, [fm.num_priors for fm in maps])
+    assert int((ssd.labels > 0).sum()) == 1
+    assert int((atss.labels > 0).sum()) >= 3
+    assert bool(atss.labels[ssd.labels > 0].all())  # the best prior is among them
+
+
+def test_atss_bad_arguments():
+    from multibox.matching import make_matcher, match_atss
+
+    maps, priors = _two_maps()
+    gt, labels = torch.tensor([[[0.1, 0.1, 0.3, 0.3]]]), torch.tensor([[1]])
+    with pytest.raises(ValueError, match="add up to 19, not the 20 priors"):
+        match_atss(gt, labels, priors, [16, 3])
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        match_atss(gt, labels, priors, [16, 4], top_k=0)
+    with pytest.raises(ValueError, match="x2 < x1"):
+        match_atss(torch.tensor([[[0.5, 0.1, 0.3, 0.3]]]), labels, priors, [16, 4])
+    with pytest.raises(ValueError, match="matcher must be 'iou' or 'atss', got 'hungarian'"):
+        make_matcher("hungarian", maps)
+    assert make_matcher("iou", maps) is None
+    m = make_matcher("atss", maps, top_k=3)(torch.tensor([[[0.3, 0.3, 0.7, 0.6]]]), torch.tensor([[2]]), priors)
+    assert (m.labels[0] > 0).nonzero().flatten().tolist() == [5, 6]

@@ -57,6 +57,8 @@ class TrainConfig:
     gamma: float = 0.1
     clip_grad: float | None = 10.0
     match_iou: float = 0.5  # a prior is positive for an object it overlaps by at least this (the paper's 0.5)
+    matcher: str = "iou"  # iou (SSD's: match_iou) | atss (per-object threshold, multibox.matching.match_atss)
+    atss_top_k: int = 9  # atss: candidate priors per feature map, nearest the object's centre
     neg_pos_ratio: float = 3.0  # hard negatives per positive (softmax heads; the paper's 3:1)
     loc_weight: float = 1.0  # weight of the localization loss (the paper's alpha)
     ema_decay: float = 0.0  # exponential moving average of the weights (e.g. 0.998); 0 = off

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from .boxes import DEFAULT_VARIANCES, encode_boxes
 from .loops import hard_negatives
-from .matching import Matches, match_priors
+from .matching import Matcher, Matches, match_priors
 from .rowsums import exp_row_sums
 from .select import where
 
@@ -110,6 +110,9 @@ class MultiBoxLoss(nn.Module):
         neg_pos_ratio: hard negatives per positive (3).
         alpha: weight of the localisation term (1).
         variances: offset encoding variances (0.1, 0.2).
+        matcher: ``(gt_boxes, gt_labels, priors) -> Matches`` in place of SSD's matching
+            (e.g. :func:`multibox.matching.match_atss` with its levels bound); ``iou_threshold``
+            is then unused.
     """
 
     def __init__(
@@ -119,6 +122,7 @@ class MultiBoxLoss(nn.Module):
         neg_pos_ratio: float = 3.0,
         alpha: float = 1.0,
         variances: tuple[float, float] = DEFAULT_VARIANCES,
+        matcher: Matcher | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("priors", priors.clone(), persistent=False)
@@ -126,11 +130,16 @@ class MultiBoxLoss(nn.Module):
         self.neg_pos_ratio = neg_pos_ratio
         self.alpha = alpha
         self.variances = variances
+        self.matcher = matcher
+
+    def match(self, gt_boxes: Tensor, gt_labels: Tensor) -> Matches:
+        if self.matcher is not None:
+            return self.matcher(gt_boxes, gt_labels, self.priors)
+        return match_priors(gt_boxes, gt_labels, self.priors, self.iou_threshold)
 
     def forward(self, loc: Tensor, logits: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> LossOutput:
         """``loc (N, P, 4)``, ``logits (N, P, C + 1)``, padded ``gt_boxes (N, M, 4)``, ``gt_labels (N, M)``."""
-        matches = match_priors(gt_boxes, gt_labels, self.priors, self.iou_threshold)
-        return self.from_matches(loc, logits, matches)
+        return self.from_matches(loc, logits, self.match(gt_boxes, gt_labels))
 
     def from_matches(self, loc: Tensor, logits: Tensor, matches: Matches) -> LossOutput:
         n, p, c = logits.shape
@@ -181,6 +190,7 @@ class FocalLoss(nn.Module):
         gamma: float = 2.0,
         loc_weight: float = 1.0,
         variances: tuple[float, float] = DEFAULT_VARIANCES,
+        matcher: Matcher | None = None,
     ) -> None:
         super().__init__()
         self.register_buffer("priors", priors.clone(), persistent=False)
@@ -189,10 +199,12 @@ class FocalLoss(nn.Module):
         self.gamma = gamma
         self.loc_weight = loc_weight
         self.variances = variances
+        self.matcher = matcher
+
+    match = MultiBoxLoss.match
 
     def forward(self, loc: Tensor, logits: Tensor, gt_boxes: Tensor, gt_labels: Tensor) -> LossOutput:
-        matches = match_priors(gt_boxes, gt_labels, self.priors, self.iou_threshold)
-        return self.from_matches(loc, logits, matches)
+        return self.from_matches(loc, logits, self.match(gt_boxes, gt_labels))
 
     def from_matches(self, loc: Tensor, logits: Tensor, matches: Matches) -> LossOutput:
         num_classes = logits.shape[-1]

@@ -19,7 +19,8 @@ the full ``(N, M, P)`` grid; the result is identical to the dense rules above
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -56,6 +57,11 @@ class Matches(NamedTuple):
         m = self.gt_boxes.shape[1]
         obj = self.object_index.reshape(-1).index_select(0, flat_index)
         return self.gt_boxes.reshape(n * m, 4).index_select(0, torch.div(flat_index, p, rounding_mode="floor") * m + obj)
+
+
+# (gt_boxes, gt_labels, priors) -> Matches: match_priors with its threshold bound, or match_atss
+# with its levels bound
+Matcher = Callable[[Tensor, Tensor, Tensor], "Matches"]
 
 
 def _pair_iou(boxes: Tensor, priors_xyxy: Tensor, pair_obj: Tensor, pair_prior: Tensor) -> Tensor:
@@ -246,3 +252,87 @@ def _first_of_each_run(keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     first = torch.ones_like(keys, dtype=torch.bool)
     first[1:] = keys[1:] != keys[:-1]
     return keys[first], values[first]
+
+
+def match_atss(
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    priors: Tensor,
+    level_sizes: Sequence[int],
+    top_k: int = 9,
+    validate: bool = True,
+) -> Matches:
+    """Adaptive training sample selection (ATSS, Zhang et al. 2020), an alternative to SSD's
+    fixed overlap threshold that sets a threshold per object from its own candidates.
+
+    For every object: on each feature map (``level_sizes``: priors per map, in head order) the
+    ``top_k`` priors whose centres lie nearest the object's centre are candidates (as in the
+    paper's code also with several shapes per cell; ties in distance go to the lower index); the
+    object's threshold is the mean plus the standard deviation of its candidates' overlaps; a
+    candidate reaching it, whose centre lies inside the box, is positive. A prior positive for
+    several objects takes the one it overlaps most (the lowest slot on ties). Small objects,
+    whose overlaps with any prior are low, still get positives; large ones get the few priors
+    that fit them best.
+
+    Same inputs and output as :func:`match_priors`, except ``level_sizes`` and ``top_k``.
+    """
+    if gt_boxes.ndim != 3 or gt_boxes.shape[-1] != 4 or gt_labels.shape != gt_boxes.shape[:2]:
+        raise ValueError(f"gt_boxes must be (N, M, 4) and gt_labels (N, M), got {tuple(gt_boxes.shape)} "
+                         f"and {tuple(gt_labels.shape)}")
+    p = priors.shape[0]
+    if sum(level_sizes) != p:
+        raise ValueError(f"level_sizes {list(level_sizes)} add up to {sum(level_sizes)}, not the {p} priors")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    if validate:
+        check_boxes(gt_boxes[gt_labels > 0], "gt_boxes")
+    n, m = gt_labels.shape
+    device = gt_boxes.device
+    labels = torch.zeros(n * p, dtype=torch.long, device=device)
+    object_index = torch.full((n * p,), -1, dtype=torch.long, device=device)
+    obj = torch.nonzero(gt_labels > 0)  # (K, 2) in (image, slot) order
+    if len(obj) == 0:
+        return Matches(labels.view(n, p), object_index.view(n, p), gt_boxes)
+    img, slot = obj[:, 0], obj[:, 1]
+    boxes_k = gt_boxes[img, slot]  # (K, 4)
+    centres = (boxes_k[:, :2] + boxes_k[:, 2:]) / 2
+    priors = priors.to(gt_boxes.dtype)
+    dist = torch.cdist(centres, priors[:, :2])  # (K, P)
+
+    candidates, start = [], 0
+    for size in level_sizes:  # a handful of maps: the loop is over levels, never boxes
+        # a stable sort keeps ties (the shapes of one cell share its centre) in prior order
+        order = torch.sort(dist[:, start:start + size], dim=1, stable=True).indices[:, :min(top_k, size)]
+        candidates.append(order + start)
+        start += size
+    cand = torch.cat(candidates, dim=1)  # (K, C)
+    pair_obj = torch.arange(len(obj), device=device).repeat_interleave(cand.shape[1])
+    iou = _pair_iou(boxes_k, cxcywh_to_xyxy(priors), pair_obj, cand.reshape(-1)).view_as(cand)  # (K, C)
+    threshold = iou.mean(dim=1, keepdim=True) + iou.std(dim=1, keepdim=True)
+    cx, cy = (priors[:, i].index_select(0, cand.reshape(-1)).view_as(cand) for i in (0, 1))
+    inside = ((cx > boxes_k[:, :1]) & (cx < boxes_k[:, 2:3]) & (cy > boxes_k[:, 1:2]) & (cy < boxes_k[:, 3:4]))
+    hit = (iou >= threshold) & inside & (iou > 0)
+    k_idx, c_idx = hit.nonzero(as_tuple=True)
+    if len(k_idx) == 0:
+        return Matches(labels.view(n, p), object_index.view(n, p), gt_boxes)
+    h_cell = img.index_select(0, k_idx) * p + cand[k_idx, c_idx]
+    h_iou = iou[k_idx, c_idx].to(torch.float64)
+    # per (image, prior) cell the highest overlap wins; k_idx is in object order, so a stable
+    # sort keeps the lowest slot first among equal overlaps
+    order = torch.sort(h_cell.to(torch.float64) + (1.0 - h_iou) / 2, stable=True).indices
+    cell, win = _first_of_each_run(h_cell.index_select(0, order), k_idx.index_select(0, order))
+    labels[cell] = gt_labels[img, slot].index_select(0, win)
+    object_index[cell] = slot.index_select(0, win)
+    return Matches(labels.view(n, p), object_index.view(n, p), gt_boxes)
+
+
+
+def make_matcher(name: str, maps: Sequence, top_k: int = 9) -> Matcher | None:
+    """The matcher a training config names: ``"iou"`` gives ``None`` (the loss's own SSD
+    matching at its threshold), ``"atss"`` :func:`match_atss` over the model's feature maps
+    (``maps``: its :class:`multibox.priors.FeatureMapPriors`, in head order)."""
+    if name == "iou":
+        return None
+    if name == "atss":
+        return functools.partial(match_atss, level_sizes=[fm.num_priors for fm in maps], top_k=top_k)
+    raise ValueError(f"matcher must be 'iou' or 'atss', got {name!r}")

@@ -41,6 +41,7 @@ from ..data.base import DetectionDataset
 from ..data.loader import make_loader
 from ..data.transforms import SSDTransform
 from ..losses import FocalLoss, MultiBoxLoss
+from ..matching import make_matcher
 from ..memory import keep_freed_memory
 from ..models import SSD, create_model
 from ..models.layers import cpu_has_fast_bf16
@@ -172,10 +173,11 @@ class Trainer:
             self.total_iters = t.epochs * self.iters_per_epoch
 
         priors = self.model.priors
+        matcher = make_matcher(t.matcher, self.model.prior_maps, t.atss_top_k)
         if self.model.score_type == "softmax":
-            self.loss_fn = MultiBoxLoss(priors, t.match_iou, t.neg_pos_ratio, alpha=t.loc_weight)
+            self.loss_fn = MultiBoxLoss(priors, t.match_iou, t.neg_pos_ratio, alpha=t.loc_weight, matcher=matcher)
         else:
-            self.loss_fn = FocalLoss(priors, t.match_iou, loc_weight=t.loc_weight)
+            self.loss_fn = FocalLoss(priors, t.match_iou, loc_weight=t.loc_weight, matcher=matcher)
         self.loss_fn = self.loss_fn.to(self.device)
         self.optimizer = make_sgd(param_groups(self.model, t.weight_decay), t.lr, t.momentum, self.device)
         self.ema = WeightAverage(self.model, t.ema_decay) if t.ema_decay else None
