@@ -249,3 +249,19 @@ def test_loss_settings_come_from_the_config(voc_root, tmp_path):
         loc, logits, batch["boxes"], batch["labels"])
     default = MultiBoxLoss(tr.model.priors)(loc, logits, batch["boxes"], batch["labels"])
     assert torch.equal(got.loss, ref.loss) and not torch.allclose(got.loss, default.loss)
+
+
+def test_atss_matcher_comes_from_the_config(voc_root, tmp_path):
+    from multibox.losses import MultiBoxLoss
+    from multibox.matching import match_atss
+
+    tr = Trainer(tiny_config(voc_root, tmp_path, "train.matcher=atss", "train.atss_top_k=4"), progress=False)
+    batch = next(iter(tr.loader))
+    sizes = [fm.num_priors for fm in tr.model.prior_maps]
+    got = tr.loss_fn.match(batch["boxes"], batch["labels"])
+    want = match_atss(batch["boxes"], batch["labels"], tr.model.priors, sizes, top_k=4)
+    assert torch.equal(got.object_index, want.object_index) and torch.equal(got.labels, want.labels)
+    ssd = MultiBoxLoss(tr.model.priors).match(batch["boxes"], batch["labels"])
+    assert not torch.equal(got.labels, ssd.labels)
+    with pytest.raises(ValueError, match="matcher must be 'iou' or 'atss'"):
+        Trainer(tiny_config(voc_root, tmp_path / "bad", "train.matcher=nearest"), progress=False)
