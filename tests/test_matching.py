@@ -273,10 +273,10 @@ def _reference_atss(gt, labels, priors, level_sizes, top_k):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_atss_equals_a_per_object_loop(seed):
     from multibox.matching import match_atss
-    from multibox.priors import ssd_feature_maps
+    from multibox.priors import make_priors, ssd_feature_maps
 
     maps = ssd_feature_maps([10, 5, 3, 1], [0.1, 0.25, 0.45, 0.7, 0.9], [(2,), (2, 3), (2,), ()])
-    priors = make_priors_double(maps)
+    priors = make_priors(maps).double()
     g = torch.Generator().manual_seed(seed)
     n, m = 4, 12
     centre = torch.rand(n, m, 2, generator=g, dtype=torch.float64)
@@ -292,12 +292,6 @@ def test_atss_equals_a_per_object_loop(seed):
     assert torch.equal(got.labels, torch.where(got.object_index >= 0, labels.gather(1, got.object_index.clamp(min=0)), 0))
     assert (got.labels[3] == 0).all() and (got.object_index[1] < 7).all()
     assert outside > 0  # the centre-inside rule had something to reject
-
-
-def make_priors_double(maps):
-    from multibox.priors import make_priors
-
-    return make_priors(maps).double()
 
 
 def test_atss_gives_small_objects_several_priors():

@@ -16,6 +16,9 @@ the box and whose areas differ by at most a factor 2 can be positive, so IoU is
 computed for those pairs (about 1% of all object x prior pairs) rather than for
 the full ``(N, M, P)`` grid; the result is identical to the dense rules above
 (tests compare with a loop).
+
+:func:`match_atss` is the alternative a config can name (``train.matcher=atss``): ATSS's
+per-object threshold over the priors nearest each object's centre on every feature map.
 """
 from __future__ import annotations
 
@@ -61,7 +64,7 @@ class Matches(NamedTuple):
 
 # (gt_boxes, gt_labels, priors) -> Matches: match_priors with its threshold bound, or match_atss
 # with its levels bound
-Matcher = Callable[[Tensor, Tensor, Tensor], "Matches"]
+Matcher = Callable[[Tensor, Tensor, Tensor], Matches]
 
 
 def _pair_iou(boxes: Tensor, priors_xyxy: Tensor, pair_obj: Tensor, pair_prior: Tensor) -> Tensor:
@@ -324,7 +327,6 @@ def match_atss(
     labels[cell] = gt_labels[img, slot].index_select(0, win)
     object_index[cell] = slot.index_select(0, win)
     return Matches(labels.view(n, p), object_index.view(n, p), gt_boxes)
-
 
 
 def make_matcher(name: str, maps: Sequence, top_k: int = 9) -> Matcher | None:
