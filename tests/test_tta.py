@@ -138,3 +138,14 @@ def test_partners_on_ssd300_steps_are_the_mirrored_cells():
     gap = (priors[idx, 0] - (1 - priors[:, 0])) * 300
     overhang = torch.cat([torch.full((m.num_priors,), float(n * st - 300)) for m, n, st in zip(maps, SSD300_SIZES, steps)])
     torch.testing.assert_close(gap, overhang, atol=1e-3, rtol=0)  # 4, 4, 20, 20, 0, 0 px
+
+
+def test_a_model_whose_priors_cannot_be_transposed_refuses_dihedral_when_built():
+    from multibox.models.ssd import SSD, PostprocessConfig
+
+    parts = create_model("ssd_resnet18", num_classes=2)
+    odd = [FeatureMapPriors((4, 4), ((0.2, 0.2), (0.3, 0.1)))]  # a wide shape without its tall twin
+    args = (parts.backbone, parts.extras, parts.head, odd, 2, (224, 224), parts.score_type)
+    SSD(*args, postprocess_config=PostprocessConfig(tta="hvflip"))  # mirrors need no twins
+    with pytest.raises(ValueError, match=r"tta 'dihedral'.*0.3 x 0.1 has none"):
+        SSD(*args, postprocess_config=PostprocessConfig(tta="dihedral"))

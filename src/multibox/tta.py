@@ -45,16 +45,25 @@ def check_tta(mode: str) -> str:
     return mode
 
 
+def check_views(maps: Sequence[FeatureMapPriors], mode: str) -> str:
+    """``mode`` if every view it asks for exists on these maps (transposes need square grids and
+    shapes in transposed pairs), else a ValueError saying what is missing."""
+    for view in TTA_MODES[check_tta(mode)]:
+        mirror_partners(maps, *view)
+    return mode
+
+
 def transposed_shapes(fm: FeatureMapPriors) -> list[int]:
     """For each prior shape of ``fm``, the index of its transpose (width and height swapped)."""
     rows, cols = fm.size
     if rows != cols or (fm.step is not None and fm.step[0] != fm.step[1]):
-        raise ValueError(f"transposed views need square grids with equal steps, got {rows}x{cols} (step {fm.step})")
+        raise ValueError(f"transposed views (tta 'dihedral') need square grids with equal steps, got {rows}x{cols} "
+                         f"(step {fm.step})")
     out = []
     for w, h in fm.box_sizes:
         match = [b for b, (w2, h2) in enumerate(fm.box_sizes) if abs(w2 - h) < 1e-9 and abs(h2 - w) < 1e-9]
         if not match:
-            raise ValueError(f"transposed views need every prior shape's transpose among the shapes; "
+            raise ValueError(f"transposed views (tta 'dihedral') need every prior shape's transpose among the shapes; "
                              f"{w:g} x {h:g} has none in {fm.box_sizes}")
         out.append(match[0])
     return out

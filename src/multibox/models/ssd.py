@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..boxes import DEFAULT_VARIANCES
 from ..nms import Detections, postprocess
 from ..priors import FeatureMapPriors, make_priors
-from ..tta import TTA_MODES, check_tta, merge_views, mirror_images, mirror_partners
+from ..tta import TTA_MODES, check_tta, check_views, merge_views, mirror_images, mirror_partners
 from .heads import SSDHead
 
 
@@ -88,6 +88,7 @@ class SSD(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("priors", make_priors(self.prior_maps, clip=clip_priors), persistent=False)
+        check_views(self.prior_maps, self.postprocess_config.tta)  # a mode these maps cannot mirror fails here
 
     def freeze_backbone(self, n: int) -> int:
         """Freeze ``n`` backbone units from the input side (see the backbone's ``frozen_modules``):
