@@ -326,3 +326,14 @@ def test_atss_bad_arguments():
     assert make_matcher("iou", maps) is None
     m = make_matcher("atss", maps, top_k=3)(torch.tensor([[[0.3, 0.3, 0.7, 0.6]]]), torch.tensor([[2]]), priors)
     assert (m.labels[0] > 0).nonzero().flatten().tolist() == [5, 6]
+
+
+def test_atss_object_with_no_prior_centre_inside_gets_no_positive():
+    """Unlike SSD's rule, ATSS forces no best prior: a box between the 4x4 centres stays unmatched."""
+    from multibox.matching import match_atss
+
+    maps, priors = _two_maps()
+    gt = torch.tensor([[[0.26, 0.26, 0.3, 0.3], [0.3, 0.3, 0.7, 0.6]]])
+    m = match_atss(gt, torch.tensor([[1, 2]]), priors, [16, 4], top_k=3)
+    assert (m.labels[0] > 0).nonzero().flatten().tolist() == [5, 6]  # only the second object's
+    assert set(m.object_index[0].tolist()) == {-1, 1}

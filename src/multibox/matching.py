@@ -159,6 +159,20 @@ def _candidate_pairs(boxes: Tensor, priors: Tensor, min_area_ratio: float) -> tu
     return box_of_row.index_select(0, run), order.index_select(0, pos)
 
 
+def _check_targets(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, validate: bool) -> None:
+    """Shapes of a matcher's inputs, and (``validate``) the real boxes themselves."""
+    if gt_boxes.ndim != 3 or gt_boxes.shape[-1] != 4:
+        raise ValueError(f"gt_boxes must be (N, M, 4), got {tuple(gt_boxes.shape)}")
+    if gt_labels.shape != gt_boxes.shape[:2]:
+        raise ValueError(
+            f"gt_labels must be (N, M) = {tuple(gt_boxes.shape[:2])}, got {tuple(gt_labels.shape)}"
+        )
+    if priors.ndim != 2 or priors.shape[-1] != 4:
+        raise ValueError(f"priors must be (P, 4), got {tuple(priors.shape)}")
+    if validate:
+        check_boxes(gt_boxes[gt_labels > 0], "gt_boxes")
+
+
 def match_priors(
     gt_boxes: Tensor,
     gt_labels: Tensor,
@@ -175,16 +189,7 @@ def match_priors(
         iou_threshold: minimum overlap for a positive prior.
         validate: check the boxes (finite, x1 <= x2) and raise a clear error.
     """
-    if gt_boxes.ndim != 3 or gt_boxes.shape[-1] != 4:
-        raise ValueError(f"gt_boxes must be (N, M, 4), got {tuple(gt_boxes.shape)}")
-    if gt_labels.shape != gt_boxes.shape[:2]:
-        raise ValueError(
-            f"gt_labels must be (N, M) = {tuple(gt_boxes.shape[:2])}, got {tuple(gt_labels.shape)}"
-        )
-    if priors.ndim != 2 or priors.shape[-1] != 4:
-        raise ValueError(f"priors must be (P, 4), got {tuple(priors.shape)}")
-    if validate:
-        check_boxes(gt_boxes[gt_labels > 0], "gt_boxes")
+    _check_targets(gt_boxes, gt_labels, priors, validate)
     n, m = gt_labels.shape
     p = priors.shape[0]
     device = gt_boxes.device
@@ -279,16 +284,12 @@ def match_atss(
 
     Same inputs and output as :func:`match_priors`, except ``level_sizes`` and ``top_k``.
     """
-    if gt_boxes.ndim != 3 or gt_boxes.shape[-1] != 4 or gt_labels.shape != gt_boxes.shape[:2]:
-        raise ValueError(f"gt_boxes must be (N, M, 4) and gt_labels (N, M), got {tuple(gt_boxes.shape)} "
-                         f"and {tuple(gt_labels.shape)}")
+    _check_targets(gt_boxes, gt_labels, priors, validate)
     p = priors.shape[0]
     if sum(level_sizes) != p:
         raise ValueError(f"level_sizes {list(level_sizes)} add up to {sum(level_sizes)}, not the {p} priors")
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
-    if validate:
-        check_boxes(gt_boxes[gt_labels > 0], "gt_boxes")
     n, m = gt_labels.shape
     device = gt_boxes.device
     labels = torch.zeros(n * p, dtype=torch.long, device=device)
@@ -316,8 +317,6 @@ def match_atss(
     inside = ((cx > boxes_k[:, :1]) & (cx < boxes_k[:, 2:3]) & (cy > boxes_k[:, 1:2]) & (cy < boxes_k[:, 3:4]))
     hit = (iou >= threshold) & inside & (iou > 0)
     k_idx, c_idx = hit.nonzero(as_tuple=True)
-    if len(k_idx) == 0:
-        return Matches(labels.view(n, p), object_index.view(n, p), gt_boxes)
     h_cell = img.index_select(0, k_idx) * p + cand[k_idx, c_idx]
     h_iou = iou[k_idx, c_idx].to(torch.float64)
     # per (image, prior) cell the highest overlap wins; k_idx is in object order, so a stable

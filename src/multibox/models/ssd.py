@@ -208,4 +208,5 @@ class SSD(nn.Module):
         for flip in flips:
             views.append(self(mirror_images(images, *flip)))
             partners.append(mirror_partners(self.prior_maps, *flip).to(images.device))
-        return merge_views(views, partners, [(False, False), *flips], self.priors, self.score_type, self.variances)
+        return merge_views(views, partners, [(False, False, False), *flips], self.priors, self.score_type,
+                           self.variances)

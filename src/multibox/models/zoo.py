@@ -22,7 +22,6 @@ from ..priors import (
     linear_scales,
     ssd_feature_maps,
 )
-from ..tta import check_tta
 from .efficientnet import IMAGE_MEAN as LITE_MEAN
 from .efficientnet import IMAGE_STD as LITE_STD
 from .efficientnet import EfficientNetLite, load_lite_weights
@@ -69,8 +68,7 @@ def _postprocess(kwargs: dict) -> PostprocessConfig:
     for k in ("score_threshold", "iou_threshold", "max_detections", "candidates_per_class", "tta", "box_voting"):
         if k in kwargs:
             setattr(cfg, k, kwargs.pop(k))
-    check_tta(cfg.tta)
-    return cfg
+    return cfg  # SSD checks its tta against its priors
 
 
 def _reject_unknown(name: str, kwargs: dict) -> None:
