@@ -73,7 +73,7 @@ def head_outputs(n: int, realistic: bool, seed: int = 0):
     """SSD300 head outputs for 21 classes. Realistic: background dominates except around a few
     objects per image (a few hundred candidates above 0.01); worst: an untrained model, whose
     near-uniform scores put every prior of every class above 0.01."""
-    from multibox.priors import ssd300_priors
+    from multibox.core.priors import ssd300_priors
 
     g = torch.Generator().manual_seed(seed)
     priors = ssd300_priors()
@@ -102,7 +102,7 @@ def same_detections(ours, base) -> None:
 
 
 def bench_postprocess(quick: bool) -> None:
-    from multibox.nms import postprocess
+    from multibox.core.postprocess import postprocess
 
     for realistic in (True, False):
         n = 8
@@ -147,8 +147,8 @@ def random_targets(n: int, seed: int = 0):
 
 
 def bench_loss(quick: bool) -> None:
-    from multibox.losses import MultiBoxLoss
-    from multibox.priors import ssd300_priors
+    from multibox.core.losses import MultiBoxLoss
+    from multibox.core.priors import ssd300_priors
 
     n = 32
     priors = ssd300_priors()
@@ -215,7 +215,7 @@ def bench_data(quick: bool) -> None:
 def bench_forward(quick: bool) -> None:
     import tempfile
 
-    from multibox.export import export_onnx
+    from multibox.inference.export import export_onnx
     from multibox.models import create_model
     from multibox.models.fuse import inference_copy
 
@@ -258,7 +258,7 @@ def bench_forward(quick: bool) -> None:
                     print(f"    ({name}: torch.compile unavailable: {type(e).__name__})")
         with tempfile.TemporaryDirectory() as d:
             path = export_onnx(model, os.path.join(d, "m.onnx"), [str(i) for i in range(classes)], postprocess=False)
-            from multibox.export import OnnxDetector
+            from multibox.inference.runtime import OnnxDetector
 
             sess = OnnxDetector(path).session
             xn1, xn8 = x1.numpy(), x8.numpy()
@@ -313,7 +313,7 @@ def cpu_name() -> str:
 
 def numba_version() -> str:
     """Whether post-processing and the loss run their compiled CPU loops (multibox.loops) here."""
-    from multibox import loops
+    from multibox._kernels import loops
 
     if not loops.available():
         return "no compiled loops (no Numba, or MULTIBOX_NO_NUMBA=1): tensor operations only"

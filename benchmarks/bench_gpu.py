@@ -49,7 +49,7 @@ def rate(fn, n_images: int, steps: int, device, warmup: int = 3) -> float:
 
 def build(device, background_bias=6.0):
     """(torchvision model or None, multibox model) with the same weights."""
-    from multibox.interop import TORCHVISION_SSD300_KWARGS, ssd300_from_torchvision
+    from multibox.inference.interop import TORCHVISION_SSD300_KWARGS, ssd300_from_torchvision
     from multibox.models import create_model
 
     torch.manual_seed(0)
@@ -102,7 +102,7 @@ def inference(tv, ours, device, batches, steps, compile_ok, rows):
                 if compile_ok:
                     mode = "reduce-overhead" if (b == 1 and device.type == "cuda") else "max-autotune-no-cudagraphs"
                     net = torch.compile(cl, mode=mode)
-                    from multibox.nms import postprocess
+                    from multibox.core.postprocess import postprocess
 
                     def run():
                         loc, logits = net(xc)
@@ -129,7 +129,7 @@ def inference(tv, ours, device, batches, steps, compile_ok, rows):
 
 def training(tv, ours, device, batch, steps, compile_ok, rows):
     from multibox.engine.trainer import param_groups
-    from multibox.losses import MultiBoxLoss
+    from multibox.core.losses import MultiBoxLoss
 
     x = textured_images(batch, seed=2).to(device)
     boxes, labels = random_targets(batch, device)

@@ -56,7 +56,7 @@ def main() -> None:
     import torchvision
     from torchvision.models.detection import ssd300_vgg16
 
-    from multibox.interop import ssd300_from_torchvision
+    from multibox.inference.interop import ssd300_from_torchvision
 
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -67,7 +67,7 @@ def make_checkpoint(path, class_names=("red", "green", "blue"), image_size=160, 
     (0, 1) as a trained model's do (freshly initialised heads score every prior alike)."""
     import torch
 
-    from multibox.engine.checkpoint import atomic_save
+    from multibox.inference.checkpoint import atomic_save
     from multibox.models import create_model
 
     torch.manual_seed(seed)

@@ -5,16 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multibox.boxes import (
-    box_area,
-    box_iou,
-    check_boxes,
-    clip_boxes,
-    cxcywh_to_xyxy,
-    decode_boxes,
-    encode_boxes,
-    xyxy_to_cxcywh,
-)
+from multibox.core.boxes import box_area, box_iou, check_boxes, clip_boxes, cxcywh_to_xyxy, decode_boxes, encode_boxes, xyxy_to_cxcywh
 
 
 def test_conversions_by_hand():
@@ -150,7 +141,7 @@ def test_box_iou_rejects_wrong_shape():
 
 
 def test_numpy_iou_equals_torch_iou():
-    from multibox.boxes import box_iou_numpy
+    from multibox.core.boxes import box_iou_numpy
 
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64)
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 2.0]], dtype=torch.float64)

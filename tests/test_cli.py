@@ -68,6 +68,6 @@ def test_models_and_presets_listing(capsys):
 
 def test_tta_choices_are_the_library_modes():
     from multibox.cli import TTA_CHOICES
-    from multibox.tta import TTA_MODES
+    from multibox.core.tta import TTA_MODES
 
     assert TTA_CHOICES == tuple(TTA_MODES)

@@ -87,7 +87,7 @@ def test_inference_copy_folds_batchnorm_without_changing_outputs():
 
 
 def test_image_list_tells_one_image_from_many(tmp_path):
-    from multibox.detector import image_list
+    from multibox.inference.images import image_list
 
     arr = np.zeros((4, 5, 3), dtype=np.uint8)
     chw = torch.zeros(3, 4, 5)

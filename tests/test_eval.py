@@ -282,7 +282,7 @@ def test_voc_ap_function_edge_cases():
 
 
 def test_report_outputs(tmp_path):
-    from multibox.viz import plot_pr_curves
+    from multibox.viz.draw import plot_pr_curves
 
     ev = Evaluator(["a", "b"])
     ev.add(1, [A, B], [1, 2], [A, B, C], [0.9, 0.8, 0.7], [1, 2, 2], image_size=(300, 400))
@@ -293,7 +293,7 @@ def test_report_outputs(tmp_path):
     paths = plot_pr_curves(r, tmp_path / "plots")
     assert [p.split("/")[-1] for p in paths] == ["pr_curves.png", "pr_a.png", "pr_b.png"]
     assert all((tmp_path / "plots" / p.split("/")[-1]).stat().st_size > 5000 for p in paths)
-    from multibox.viz import plot_errors
+    from multibox.viz.draw import plot_errors
 
     plot_errors(r, tmp_path / "errors.png")
     assert (tmp_path / "errors.png").stat().st_size > 5000

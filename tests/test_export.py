@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from helpers import make_checkpoint, shapes_image
-from multibox.detector import Detector
-from multibox.export import ExportableSSD, OnnxDetector, _NonMaxSuppression, export_onnx, export_program
+from multibox.inference.detector import Detector
+from multibox.inference.export import ExportableSSD, _NonMaxSuppression, export_onnx, export_program
+from multibox.inference.runtime import OnnxDetector
 
 pytest.importorskip("onnxruntime")
 
@@ -82,7 +83,7 @@ def test_onnx_metadata_and_errors(exported, tmp_path):
 
 def test_nms_function_matches_batched_nms():
     """The eager side of the NMS operator equals multibox.nms.batched_nms group by group."""
-    from multibox.nms import batched_nms
+    from multibox.core.nms import batched_nms
 
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(3, 40, 2, generator=g)

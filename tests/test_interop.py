@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multibox.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from multibox.interop import convert_torchvision_ssd300, import_torchvision_ssd300, ssd300_from_torchvision
+from multibox.inference.checkpoint import load_checkpoint, model_from_checkpoint
+from multibox.inference.interop import convert_torchvision_ssd300, import_torchvision_ssd300, ssd300_from_torchvision
 
 VGG_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256),
              (14, 256, 256), (17, 256, 512), (19, 512, 512), (21, 512, 512)]

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multibox.boxes import encode_boxes, xyxy_to_cxcywh
-from multibox.losses import FocalLoss, MultiBoxLoss, hard_negative_mask, prior_probability_bias, sigmoid_focal_loss
-from multibox.matching import match_priors
-from multibox.priors import ssd300_priors
+from multibox.core.boxes import encode_boxes, xyxy_to_cxcywh
+from multibox.core.losses import FocalLoss, MultiBoxLoss, hard_negative_mask, prior_probability_bias, sigmoid_focal_loss
+from multibox.core.matching import match_priors
+from multibox.core.priors import ssd300_priors
 
 PRIORS = xyxy_to_cxcywh(
     torch.tensor(
@@ -46,8 +46,8 @@ def test_no_positive_batch_is_finite_zero_and_differentiable():
 def mining(request, monkeypatch):
     """Run a test with the compiled hard negative selection (skipped without Numba) and with
     the tensor one that replaces it elsewhere."""
-    import multibox.losses as losses
-    from multibox import loops
+    import multibox.core.losses as losses
+    from multibox._kernels import loops
 
     if request.param == "compiled" and not loops.available():
         pytest.skip("compiled loops unavailable (no Numba, or MULTIBOX_NO_NUMBA=1)")
@@ -137,8 +137,8 @@ def test_prior_probability_bias():
 
 
 def test_background_loss_equals_log_softmax_including_extreme_logits_and_chunk_edges():
-    from multibox.losses import background_loss
-    from multibox.rowsums import ROWS_PER_CHUNK as _ROWS_PER_CHUNK
+    from multibox.core.losses import background_loss
+    from multibox._kernels.rowsums import ROWS_PER_CHUNK as _ROWS_PER_CHUNK
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(_ROWS_PER_CHUNK + 37, 5, generator=g) * 4  # a partial last chunk
@@ -182,8 +182,8 @@ def test_compiled_and_tensor_hard_negatives_choose_the_same_priors(seed, monkeyp
     """Many ties (losses on a coarse grid), zeros of both signs, infinities, images without
     positives or without negatives: the compiled selection, the tensor one and a plain
     sorted cut agree prior for prior."""
-    import multibox.losses as losses
-    from multibox import loops
+    import multibox.core.losses as losses
+    from multibox._kernels import loops
 
     g = torch.Generator().manual_seed(seed)
     conf = torch.randint(0, 40, (6, 3000), generator=g).float() / 8  # many exact ties

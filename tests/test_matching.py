@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from multibox.boxes import xyxy_to_cxcywh
-from multibox.matching import match_priors
-from multibox.priors import ssd300_priors
+from multibox.core.boxes import xyxy_to_cxcywh
+from multibox.core.matching import match_priors
+from multibox.core.priors import ssd300_priors
 
 
 def _priors(xyxy):
@@ -66,7 +66,7 @@ def test_batch_with_no_objects_at_all():
 
 def _reference_match(gt, labels, priors_xyxy, thr):
     """Straightforward per-image version of the SSD matching loop."""
-    from multibox.boxes import box_iou
+    from multibox.core.boxes import box_iou
 
     out = []
     for g, l in zip(gt, labels):
@@ -91,7 +91,7 @@ def _reference_match(gt, labels, priors_xyxy, thr):
 def test_matches_reference_loop_on_ssd300_priors():
     g = torch.Generator().manual_seed(0)
     priors = ssd300_priors()
-    from multibox.boxes import cxcywh_to_xyxy
+    from multibox.core.boxes import cxcywh_to_xyxy
 
     n, m = 4, 6
     xy = torch.rand(n, m, 2, generator=g) * 0.7
@@ -116,7 +116,7 @@ def test_bad_targets_raise_clear_errors():
 
 
 def test_object_index_matches_reference_loop_with_crowded_overlapping_objects():
-    from multibox.boxes import box_iou, cxcywh_to_xyxy
+    from multibox.core.boxes import box_iou, cxcywh_to_xyxy
 
     g = torch.Generator().manual_seed(5)
     priors = ssd300_priors()
@@ -143,7 +143,7 @@ def test_object_index_matches_reference_loop_with_crowded_overlapping_objects():
 def _reference_object_index(gt, labels, priors_xyxy, thr):
     """Per-image loop: every prior takes its best object at >= thr, then every object forces its
     best prior (the later object wins a shared one); -1 for background."""
-    from multibox.boxes import box_iou
+    from multibox.core.boxes import box_iou
 
     out = []
     for g, l in zip(gt, labels):
@@ -166,8 +166,8 @@ def test_candidate_pairs_lose_nothing_on_many_shapes(thr, prior_set):
     """The sparse candidate search (centre inside the box, area ratio >= thr) gives exactly the
     dense rules, for boxes of every size and aspect (tiny, elongated, whole image), boxes that
     are copies of priors (IoU 1) and boxes at exactly IoU 0.5 and area ratio 0.5 with a prior."""
-    from multibox.boxes import cxcywh_to_xyxy
-    from multibox.priors import grid_feature_maps, make_priors
+    from multibox.core.boxes import cxcywh_to_xyxy
+    from multibox.core.priors import grid_feature_maps, make_priors
 
     if prior_set == "grid":
         priors = make_priors(grid_feature_maps((8, 4, 2, 1)), clip=True)
@@ -209,7 +209,7 @@ def test_repeated_matching_with_the_same_priors_reuses_nothing_stale():
 
 def _two_maps():
     """A 4x4 grid of 0.25 squares (priors 0-15) and a 2x2 grid of 0.5 squares (16-19)."""
-    from multibox.priors import FeatureMapPriors, make_priors
+    from multibox.core.priors import FeatureMapPriors, make_priors
 
     maps = [FeatureMapPriors((4, 4), ((0.25, 0.25),)), FeatureMapPriors((2, 2), ((0.5, 0.5),))]
     return maps, make_priors(maps).float()
@@ -220,7 +220,7 @@ def test_atss_by_hand():
     5 and 6 (0.125 by 0.075 away), then 9 (ties with 10, lower index first); on the 2x2 map 16,
     17, then 18. Overlaps: 5 and 6: 0.04 / 0.1425; 9: 0.02 / 0.1625; 16 and 17: 0.04 / 0.33;
     18: 0.02 / 0.35. Threshold = mean + std of those six; 5 and 6 reach it (centres inside)."""
-    from multibox.matching import match_atss
+    from multibox.core.matching import match_atss
 
     maps, priors = _two_maps()
     gt = torch.tensor([[[0.3, 0.3, 0.7, 0.6]]])
@@ -238,7 +238,7 @@ def _reference_atss(gt, labels, priors, level_sizes, top_k):
     """ATSS one object at a time, in numpy float64."""
     import numpy as np
 
-    from multibox.boxes import box_iou_numpy
+    from multibox.core.boxes import box_iou_numpy
 
     pr = priors.double().numpy()
     pr_xyxy = np.concatenate([pr[:, :2] - pr[:, 2:] / 2, pr[:, :2] + pr[:, 2:] / 2], axis=1)
@@ -272,8 +272,8 @@ def _reference_atss(gt, labels, priors, level_sizes, top_k):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_atss_equals_a_per_object_loop(seed):
-    from multibox.matching import match_atss
-    from multibox.priors import make_priors, ssd_feature_maps
+    from multibox.core.matching import match_atss
+    from multibox.core.priors import make_priors, ssd_feature_maps
 
     maps = ssd_feature_maps([10, 5, 3, 1], [0.1, 0.25, 0.45, 0.7, 0.9], [(2,), (2, 3), (2,), ()])
     priors = make_priors(maps).double()
@@ -297,8 +297,8 @@ def test_atss_equals_a_per_object_loop(seed):
 def test_atss_gives_small_objects_several_priors():
     """A platelet-sized box, too small for any prior to reach IoU 0.5: SSD's rule gives it its
     single best prior, ATSS those nearest its centre that overlap it best."""
-    from multibox.matching import match_atss
-    from multibox.priors import make_priors, ssd_feature_maps
+    from multibox.core.matching import match_atss
+    from multibox.core.priors import make_priors, ssd_feature_maps
 
     maps = ssd_feature_maps([20, 10, 5], [0.1, 0.3, 0.6, 0.9], [(2,), (2,), (2,)])
     priors = make_priors(maps)
@@ -311,7 +311,7 @@ def test_atss_gives_small_objects_several_priors():
 
 
 def test_atss_bad_arguments():
-    from multibox.matching import make_matcher, match_atss
+    from multibox.core.matching import make_matcher, match_atss
 
     maps, priors = _two_maps()
     gt, labels = torch.tensor([[[0.1, 0.1, 0.3, 0.3]]]), torch.tensor([[1]])
@@ -330,7 +330,7 @@ def test_atss_bad_arguments():
 
 def test_atss_object_with_no_prior_centre_inside_gets_no_positive():
     """Unlike SSD's rule, ATSS forces no best prior: a box between the 4x4 centres stays unmatched."""
-    from multibox.matching import match_atss
+    from multibox.core.matching import match_atss
 
     maps, priors = _two_maps()
     gt = torch.tensor([[[0.26, 0.26, 0.3, 0.3], [0.3, 0.3, 0.7, 0.6]]])

@@ -3,10 +3,10 @@ import torch
 
 from multibox import create_model, list_models
 from multibox.models import offline_kwargs
-from multibox.losses import FocalLoss, MultiBoxLoss
-from multibox.models.efficientnet import EfficientNetLite, lite_stages, lite_weights_path, load_lite_weights
-from multibox.models.resnet import ResNet, load_resnet_weights
-from multibox.models.vgg import convert_vgg16_imagenet
+from multibox.core.losses import FocalLoss, MultiBoxLoss
+from multibox.models.backbones.efficientnet import EfficientNetLite, lite_stages, lite_weights_path, load_lite_weights
+from multibox.models.backbones.resnet import ResNet, load_resnet_weights
+from multibox.models.backbones.vgg import convert_vgg16_imagenet
 from multibox.models.weights import read_state_dict
 
 EXPECTED = {

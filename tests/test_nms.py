@@ -3,9 +3,10 @@ import math
 import pytest
 import torch
 
-from multibox.boxes import box_iou, clip_boxes, decode_boxes
-from multibox.nms import batched_nms, greedy_nms_mask, postprocess, vote_boxes
-from multibox.priors import ssd300_priors
+from multibox.core.boxes import box_iou, clip_boxes, decode_boxes
+from multibox.core.nms import batched_nms, greedy_nms_mask
+from multibox.core.postprocess import postprocess, vote_boxes
+from multibox.core.priors import ssd300_priors
 
 
 def reference_nms(boxes, scores, thr):
@@ -173,20 +174,20 @@ def test_postprocess_rejects_bad_shapes():
 def row_test(request, monkeypatch):
     """Run a test with the compiled candidate-row pass (skipped without Numba) and with the
     tensor tests that replace it elsewhere."""
-    import multibox.nms as nms
-    from multibox import loops
+    import multibox.core.postprocess as postprocess_module
+    from multibox._kernels import loops
 
     if request.param == "compiled" and not loops.available():
         pytest.skip("compiled loops unavailable (no Numba, or MULTIBOX_NO_NUMBA=1)")
     if request.param == "tensor":
-        monkeypatch.setattr(nms, "candidate_rows", lambda *a: None)
+        monkeypatch.setattr(postprocess_module, "candidate_rows", lambda *a: None)
     return request.param
 
 
 @pytest.mark.parametrize("score_type", ["softmax", "sigmoid"])
 @pytest.mark.parametrize("threshold", [0.0, 0.01, 0.3, 0.9])
 def test_candidate_rows_keep_every_score_above_the_threshold(score_type, threshold, row_test):
-    from multibox.nms import _candidate_rows
+    from multibox.core.postprocess import _candidate_rows
 
     g = torch.Generator().manual_seed(11)
     logits = torch.randn(3, 500, 5, generator=g) * 3
@@ -205,7 +206,7 @@ def test_candidate_rows_keep_every_score_above_the_threshold(score_type, thresho
 def test_candidate_rows_survive_extreme_logits(threshold, row_test):
     """exp() overflows above ~88 and underflows below ~-103: such rows must still be kept
     whenever one of their scores passes."""
-    from multibox.nms import _candidate_rows
+    from multibox.core.postprocess import _candidate_rows
 
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(1, 600, 4, generator=g)
@@ -233,7 +234,7 @@ def test_compiled_sparse_and_padded_nms_agree(monkeypatch):
     """Post-processing runs NMS as a compiled loop on CPUs with Numba; otherwise it lists
     same-group pairs when there are few and pads crowded groups into blocks. All three must
     give the same detections."""
-    import multibox.nms as nms
+    import multibox.core.nms as nms
 
     g = torch.Generator().manual_seed(4)
     priors = ssd300_priors()
@@ -251,7 +252,7 @@ def test_compiled_sparse_and_padded_nms_agree(monkeypatch):
 
 
 def test_sort_by_key_then_score_is_one_stable_lexicographic_sort():
-    from multibox.nms import _sort_by_key_then_score
+    from multibox.core.postprocess import _sort_by_key_then_score
 
     key = torch.tensor([2, 0, 2, 1, 0, 0, 2])
     scores = torch.tensor([0.5, 0.25, 0.5, 1.0, 0.0, 0.75, 3e-20])
@@ -263,7 +264,7 @@ def test_pair_nms_area_filter_keeps_pairs_at_the_area_ratio_bound():
     """The pair path lists only boxes whose areas are within 1/t of each other (IoU cannot
     exceed the area ratio). Nested boxes have IoU = area ratio exactly, so boxes just above,
     at and just below t (and zero-area boxes) must come out as the textbook loop says."""
-    from multibox.nms import _nms_pairs
+    from multibox.core.nms import _nms_pairs
 
     t = 0.45
     g = torch.Generator().manual_seed(7)
@@ -322,16 +323,16 @@ def test_compiled_loop_pairs_and_padded_nms_keep_the_same_boxes(seed, monkeypatc
     """The three NMS formulations of post-processing (compiled loop, listed pairs, padded
     blocks) keep exactly the same boxes, NaN and infinite ones included; on finite groups
     they agree with the textbook loop."""
-    import multibox.nms as nms
-    from multibox import loops
+    import multibox.core.nms as nms
+    from multibox._kernels import loops
 
     t = 0.45
     boxes, group = _awkward_groups(seed)
     counts = torch.bincount(group)
     monkeypatch.setattr(nms, "greedy_nms_groups", lambda *a: None)
-    pairs = nms._nms_sorted_groups(boxes, group, counts, int(counts.max()), t)
+    pairs = nms.nms_sorted_groups(boxes, group, counts, int(counts.max()), t)
     monkeypatch.setattr(nms, "_SPARSE_NMS_PAIRS", -1)
-    padded = nms._nms_sorted_groups(boxes, group, counts, int(counts.max()), t)
+    padded = nms.nms_sorted_groups(boxes, group, counts, int(counts.max()), t)
     assert torch.equal(pairs, padded)
     assert 0 < int((~pairs).sum()) < len(boxes)  # some suppressed, not all
     checked = 0

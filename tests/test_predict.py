@@ -9,8 +9,8 @@ import pytest
 from conftest import dataset_dir
 from helpers import make_checkpoint, shapes_image
 from multibox.cli import main
-from multibox.detector import Detector
-from multibox.predict import expand_sources, predict_files
+from multibox.inference.detector import Detector
+from multibox.inference.predict import expand_sources, predict_files
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 import torch
 
-from multibox.ranges import concat_ranges
+from multibox._kernels.ranges import concat_ranges
 
 
 def test_concat_ranges_by_hand_with_empty_ranges():

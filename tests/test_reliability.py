@@ -17,17 +17,17 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from helpers import make_checkpoint, shapes_image, voc_xml, write_coco
-from multibox.boxes import box_iou
+from multibox.core.boxes import box_iou
 from multibox.data.base import DatasetError
 from multibox.data.coco import coco_dataset
 from multibox.data.image import ImageReadError, read_image
 from multibox.data.transforms import SSDTransform, collate
 from multibox.data.voc import voc_dataset
-from multibox.engine.checkpoint import load_checkpoint
-from multibox.losses import FocalLoss, MultiBoxLoss
-from multibox.matching import match_priors
-from multibox.nms import postprocess
-from multibox.priors import make_priors, ssd_feature_maps
+from multibox.inference.checkpoint import load_checkpoint
+from multibox.core.losses import FocalLoss, MultiBoxLoss
+from multibox.core.matching import match_priors
+from multibox.core.postprocess import postprocess
+from multibox.core.priors import make_priors, ssd_feature_maps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -264,7 +264,8 @@ RUNNER = textwrap.dedent("""
     import os, sys, time, torch
     sys.path.insert(0, {tests!r})
     from multibox.config import load_config
-    from multibox.engine import checkpoint, trainer
+    from multibox.inference import checkpoint
+    from multibox.engine import trainer
     from multibox.engine.trainer import Trainer
 
     real_save = torch.save

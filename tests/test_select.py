@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from multibox.select import where
+from multibox._kernels.select import where
 
 
 def reference(test, *tensors):
@@ -38,7 +38,7 @@ def test_where_on_bool_tensors_and_tensors_that_need_grad():
 
 @pytest.mark.parametrize("right", [False, True])
 def test_searchsorted_equals_torch_with_ties_and_out_of_range(right):
-    from multibox.select import searchsorted
+    from multibox._kernels.select import searchsorted
 
     seq = torch.tensor([-5, 0, 0, 0, 3, 7, 7, 2**40], dtype=torch.int64)
     values = torch.tensor([-9, -5, 0, 1, 7, 8, 2**40, 2**41], dtype=torch.int64)

@@ -7,9 +7,9 @@ from helpers import COLORS, make_checkpoint, make_voc
 from multibox.cli import main
 from multibox.data.transforms import AugmentConfig, SSDTransform
 from multibox.data.voc import voc_dataset
-from multibox.detector import Detector
-from multibox.show import show_dataset
-from multibox.viz import class_colors
+from multibox.inference.detector import Detector
+from multibox.viz.dataset import show_dataset
+from multibox.viz.draw import class_colors
 
 NAMES = ["red", "green", "blue", "yellow"]
 
@@ -38,7 +38,7 @@ def test_augmented_boxes_stay_on_their_rectangles(shapes):
     """Drawn with augmentation: each box (in the augmented tile) encloses its solid rectangle's colour."""
     ds = voc_dataset(shapes, "train", NAMES)
     aug = SSDTransform((160, 160), train=True, seed=3, config=AugmentConfig(photometric=False))
-    from multibox.show import _ground_truth
+    from multibox.viz.dataset import _ground_truth
 
     for i in range(len(ds)):
         image, boxes, labels = _ground_truth(ds, i, aug)

@@ -8,7 +8,7 @@ import torch
 
 from helpers import make_voc
 from multibox.config import load_config
-from multibox.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from multibox.inference.checkpoint import load_checkpoint, model_from_checkpoint
 from multibox.engine.trainer import Trainer, TrainingError, clip_grad_norm, lr_factor, make_sgd, param_groups
 
 TINY = {"image_size": 128, "feature_strides": [16, 32], "extra_channels": [128, 64], "pretrained_backbone": False}
@@ -235,7 +235,7 @@ def test_freeze_depthwise_keeps_5x5_kernels_and_trains_the_rest(voc_root, tmp_pa
 
 
 def test_loss_settings_come_from_the_config(voc_root, tmp_path):
-    from multibox.losses import MultiBoxLoss
+    from multibox.core.losses import MultiBoxLoss
 
     tr = Trainer(tiny_config(voc_root, tmp_path, "train.match_iou=0.6", "train.neg_pos_ratio=2",
                              "train.loc_weight=2.5"), progress=False)
@@ -252,8 +252,8 @@ def test_loss_settings_come_from_the_config(voc_root, tmp_path):
 
 
 def test_atss_matcher_comes_from_the_config(voc_root, tmp_path):
-    from multibox.losses import MultiBoxLoss
-    from multibox.matching import match_atss
+    from multibox.core.losses import MultiBoxLoss
+    from multibox.core.matching import match_atss
 
     tr = Trainer(tiny_config(voc_root, tmp_path, "train.matcher=atss", "train.atss_top_k=4"), progress=False)
     batch = next(iter(tr.loader))

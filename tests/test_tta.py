@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from multibox import create_model
-from multibox.boxes import cxcywh_to_xyxy, decode_boxes, encode_boxes
-from multibox.priors import make_priors, ssd_feature_maps
-from multibox.priors import FeatureMapPriors
-from multibox.tta import TTA_MODES, merge_views, mirror_boxes, mirror_images, mirror_partners
+from multibox.core.boxes import cxcywh_to_xyxy, decode_boxes, encode_boxes
+from multibox.core.priors import make_priors, ssd_feature_maps
+from multibox.core.priors import FeatureMapPriors
+from multibox.core.tta import TTA_MODES, merge_views, mirror_boxes, mirror_images, mirror_partners
 
 MAPS = ssd_feature_maps([10, 5, 3, 1], [0.2, 0.4, 0.6, 0.8, 0.95], [(2,), (2, 3), (2,), (2,)])
 
@@ -128,7 +128,7 @@ def test_unknown_mode_is_an_error():
 def test_partners_on_ssd300_steps_are_the_mirrored_cells():
     """SSD300's explicit steps do not tile 300 px exactly (38 x 8 = 304, 10 x 32 = 320 px): a
     partner is the mirrored cell, its centre off the exact mirror image by the grid's overhang."""
-    from multibox.priors import SSD300_RATIOS, SSD300_SCALES, SSD300_SIZES
+    from multibox.core.priors import SSD300_RATIOS, SSD300_SCALES, SSD300_SIZES
 
     steps = (8, 16, 32, 64, 100, 300)
     maps = ssd_feature_maps(SSD300_SIZES, SSD300_SCALES, SSD300_RATIOS, steps=[v / 300 for v in steps])

@@ -9,7 +9,7 @@ __all__ = ["SSD", "create_model", "list_models", "Detector", "__version__"]
 def __getattr__(name: str):
     # Detector pulls in image I/O (OpenCV/Pillow); import it lazily.
     if name == "Detector":
-        from .detector import Detector
+        from .inference.detector import Detector
 
         return Detector
     raise AttributeError(f"module 'multibox' has no attribute {name!r}")

@@ -45,7 +45,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .eval.files import evaluate_coco_files
-    from .viz import plot_pr_curves
+    from .viz.draw import plot_pr_curves
 
     report = evaluate_coco_files(args.gt, args.detections)
     print(report.table())
@@ -65,8 +65,17 @@ def _apply_data_path(cfg, data: str | None) -> None:
     cfg.data.root = inner if os.path.isdir(inner) else data
 
 
+def _score_and_report(model, dataset, out_dir: str, device="cpu", workers: int = 1, draw: int | None = None,
+                      extra: dict | None = None):
+    """Score ``model`` on ``dataset`` once and write the report folder."""
+    from .inference.evaluate import evaluate_model
+    from .viz.report import write_report
+
+    report, preds = evaluate_model(model, dataset, 16, device, workers, coco=True, keep_predictions=True)
+    return write_report(report, preds, dataset, out_dir, draw=draw, extra=extra)
+
+
 def _train_and_report(cfg, resume: str | None, draw: int | None) -> int:
-    from .engine.report import write_report
     from .engine.trainer import Trainer
 
     start = time.time()
@@ -89,14 +98,14 @@ def _train_and_report(cfg, resume: str | None, draw: int | None) -> int:
     chosen = "last epoch"
     model = trainer.eval_model()  # the weight average, if training kept one
     if trainer.datasets.get("val") is not None and os.path.exists(best):
-        from .engine.checkpoint import load_checkpoint
+        from .inference.checkpoint import load_checkpoint
 
         model.load_state_dict(load_checkpoint(best)["model"])
         chosen = "best validation mAP"
     print(f"scoring {test.name} once with the {chosen} checkpoint")
-    report = write_report(model, test, cfg.out_dir, device=trainer.device, workers=cfg.data.workers,
-                          draw=draw, extra={"train_seconds": round(train_s, 1), "checkpoint": chosen,
-                                            "model": cfg.model.name})
+    report = _score_and_report(model, test, cfg.out_dir, device=trainer.device, workers=cfg.data.workers,
+                               draw=draw, extra={"train_seconds": round(train_s, 1), "checkpoint": chosen,
+                                                 "model": cfg.model.name})
     print(report.table())
     print(f"total {time.time() - start:.0f} s; wrote metrics.json, metrics.txt, pr_curves/, errors.png, predictions/, "
           f"training_curves.png and checkpoints to {cfg.out_dir}")
@@ -138,8 +147,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_val(args: argparse.Namespace) -> int:
     from .config import config_from_dict
     from .data.build import load_split
-    from .engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from .engine.report import write_report
+    from .inference.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
     model, names = model_from_checkpoint(ckpt)
@@ -152,15 +160,15 @@ def _cmd_val(args: argparse.Namespace) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"val_{split}")
     for name, value in _test_time_overrides(args).items():
         setattr(model.postprocess_config, name, value)
-    report = write_report(model, dataset, out, device=args.device, draw=args.draw)
+    report = _score_and_report(model, dataset, out, device=args.device, draw=args.draw)
     print(report.table())
     print(f"wrote metrics.json, metrics.txt, pr_curves/, errors.png and predictions/ to {out}")
     return 0
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .detector import Detector
-    from .predict import predict_files
+    from .inference.detector import Detector
+    from .inference.predict import predict_files
 
     det = Detector.from_checkpoint(args.model, device=args.device)
     for name, value in _test_time_overrides(args).items():
@@ -180,15 +188,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from .config import config_from_dict, load_config
     from .data.build import load_split
     from .data.transforms import SSDTransform
-    from .detector import Detector
-    from .show import show_dataset
-    from .viz import save_image
+    from .inference.detector import Detector
+    from .viz.dataset import show_dataset
+    from .viz.draw import save_image
 
     if not args.config and not args.checkpoint:
         raise ValueError("give a dataset config (-c PRESET or YAML) or a --checkpoint")
     detector = None
     if args.checkpoint:
-        from .engine.checkpoint import load_checkpoint
+        from .inference.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(args.checkpoint)
         cfg = config_from_dict(ckpt.get("config", {})) if not args.config else load_config(args.config, args.overrides)
@@ -216,8 +224,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .engine.checkpoint import model_from_checkpoint
-    from .export import export_onnx, export_program
+    from .inference.checkpoint import model_from_checkpoint
+    from .inference.export import export_onnx, export_program
 
     model, names = model_from_checkpoint(args.checkpoint)
     out = args.out or os.path.splitext(args.checkpoint)[0] + (".onnx" if args.format == "onnx" else ".pt2")
@@ -230,7 +238,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_import_torchvision(args: argparse.Namespace) -> int:
-    from .interop import import_torchvision_ssd300
+    from .inference.interop import import_torchvision_ssd300
 
     import_torchvision_ssd300(args.weights, args.out)
     print(f"wrote {args.out}: multibox ssd300_vgg16 with torchvision's COCO classes, priors and normalisation")

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..boxes import box_iou_numpy
+from ..core.boxes import box_iou_numpy
 from .base import DetectionDataset
 
 

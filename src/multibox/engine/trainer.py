@@ -40,14 +40,13 @@ from ..config import Config, save_config
 from ..data.base import DetectionDataset
 from ..data.loader import make_loader
 from ..data.transforms import SSDTransform
-from ..losses import FocalLoss, MultiBoxLoss
-from ..matching import make_matcher
-from ..memory import keep_freed_memory
+from ..core.losses import FocalLoss, MultiBoxLoss
+from ..core.matching import make_matcher
 from ..models import SSD, create_model
 from ..models.layers import cpu_has_fast_bf16
-from .checkpoint import atomic_save, load_checkpoint
+from ..inference.checkpoint import atomic_save, load_checkpoint
 from .ema import WeightAverage
-from .evaluate import evaluate_model
+from ..inference.evaluate import evaluate_model
 
 
 class TrainingError(RuntimeError):
@@ -121,7 +120,6 @@ class Trainer:
                  progress: bool = True) -> None:
         self.cfg = cfg
         t = cfg.train
-        keep_freed_memory()  # large tensors reuse freed memory instead of fresh pages (multibox.memory)
         self.rank, self.world = _distributed()
         self.is_main = self.rank == 0
         self.progress = progress and self.is_main
@@ -448,7 +446,7 @@ class Trainer:
             self._tb = False
 
     def _plot(self) -> None:
-        from ..viz import plot_training_curves
+        from ..viz.draw import plot_training_curves
 
         if self.history:
             plot_training_curves(self.history, os.path.join(self.out_dir, "training_curves.png"))

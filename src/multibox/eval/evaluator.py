@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..boxes import box_iou_numpy
+from ..core.boxes import box_iou_numpy
 from .coco import coco_evaluate, coco_ground_truth, coco_results
 from .voc import ERROR_KINDS, ClassResult, class_result, error_breakdown, mean_ap
 

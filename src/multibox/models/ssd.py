@@ -18,10 +18,10 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..boxes import DEFAULT_VARIANCES
-from ..nms import Detections, postprocess
-from ..priors import FeatureMapPriors, make_priors
-from ..tta import TTA_MODES, check_tta, check_views, merge_views, mirror_images, mirror_partners
+from ..core.boxes import DEFAULT_VARIANCES
+from ..core.postprocess import Detections, postprocess
+from ..core.priors import FeatureMapPriors, make_priors
+from ..core.tta import TTA_MODES, check_tta, check_views, merge_views, mirror_images, mirror_partners
 from .heads import SSDHead
 
 

@@ -10,25 +10,15 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from ..losses import prior_probability_bias
-from ..priors import (
-    SSD300_RATIOS,
-    SSD300_SCALES,
-    SSD300_SIZES,
-    SSD512_RATIOS,
-    SSD512_SCALES,
-    SSD512_SIZES,
-    grid_feature_maps,
-    linear_scales,
-    ssd_feature_maps,
-)
-from .efficientnet import IMAGE_MEAN as LITE_MEAN
-from .efficientnet import IMAGE_STD as LITE_STD
-from .efficientnet import EfficientNetLite, load_lite_weights
+from ..core.losses import prior_probability_bias
+from ..core.priors import SSD300_RATIOS, SSD300_SCALES, SSD300_SIZES, SSD512_RATIOS, SSD512_SCALES, SSD512_SIZES, grid_feature_maps, linear_scales, ssd_feature_maps
+from .backbones.efficientnet import IMAGE_MEAN as LITE_MEAN
+from .backbones.efficientnet import IMAGE_STD as LITE_STD
+from .backbones.efficientnet import EfficientNetLite, load_lite_weights
 from .heads import SSD300_EXTRAS, SSD512_EXTRAS, SSDHead, lite_extra_layers, ssd_extra_layers
-from .resnet import ResNet, load_resnet_weights
+from .backbones.resnet import ResNet, load_resnet_weights
 from .ssd import SSD, PostprocessConfig
-from .vgg import VGG16Reduced, convert_vgg16_imagenet
+from .backbones.vgg import VGG16Reduced, convert_vgg16_imagenet
 from .weights import read_state_dict
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)

@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from .boxes import box_iou, check_boxes, cxcywh_to_xyxy, iou_from_coordinates
-from .ranges import concat_ranges
-from .select import where
+from .._kernels.ranges import concat_ranges
+from .._kernels.select import where
 
 
 class Matches(NamedTuple):

@@ -17,9 +17,9 @@ import math
 
 from torch import Tensor, nn
 
-from .fuse import FrozenPrefix
-from .layers import DepthwiseConv2d, ReLU6
-from .weights import check_state_dict, read_state_dict
+from ..fuse import FrozenPrefix
+from ..layers import DepthwiseConv2d, ReLU6
+from ..weights import check_state_dict, read_state_dict
 
 # (kernel, stride, expand ratio, output channels, repeats) per stage, from the Lite0 definition.
 _LITE0_STAGES = (

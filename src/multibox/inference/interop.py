@@ -26,8 +26,8 @@ import os
 
 from torch import Tensor
 
-from .models import SSD, create_model
-from .models.weights import read_state_dict
+from ..models import SSD, create_model
+from ..models.weights import read_state_dict
 
 TORCHVISION_SSD300_KWARGS = {
     "scales": [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
@@ -109,7 +109,7 @@ def ssd300_from_torchvision(state_dict: dict[str, Tensor] | str | os.PathLike) -
 
 def import_torchvision_ssd300(weights: str | os.PathLike, out: str | os.PathLike) -> str:
     """Convert a torchvision ``ssd300_vgg16`` weights file into a multibox checkpoint."""
-    from .engine.checkpoint import atomic_save
+    from .checkpoint import atomic_save
 
     model, names = ssd300_from_torchvision(weights)
     atomic_save({"model": model.state_dict(), "model_name": "ssd300_vgg16",

@@ -9,7 +9,7 @@ from typing import Type
 
 from torch import Tensor, nn
 
-from .weights import check_state_dict
+from ..weights import check_state_dict
 
 
 class BasicBlock(nn.Module):

@@ -1,5 +1,9 @@
-"""Score a trained detector on a split and write the report: ``metrics.json``,
-``metrics.txt`` (the per-class table), PR curves, ``errors.png`` and pictures of predictions."""
+"""Write the report of a scored split: ``metrics.json``, ``metrics.txt`` (the per-class
+table), PR curves, ``errors.png`` and pictures of predictions.
+
+    report, preds = evaluate_model(model, dataset, keep_predictions=True)  # multibox.inference
+    write_report(report, preds, dataset, "runs/val")
+"""
 from __future__ import annotations
 
 import json
@@ -8,22 +12,27 @@ import os
 from ..data.base import DetectionDataset
 from ..data.image import read_image
 from ..eval import EvalReport
-from ..models import SSD
-from ..viz import draw_boxes, image_grid, plot_errors, plot_pr_curves, save_image, side_by_side
-from .evaluate import evaluate_model
+from .draw import draw_boxes, image_grid, plot_errors, plot_pr_curves, save_image, side_by_side
 
 
-def write_report(model: SSD, dataset: DetectionDataset, out_dir: str, device="cpu", batch_size: int = 16,
-                 workers: int = 1, draw: int | None = None, draw_threshold: float = 0.3,
-                 extra: dict | None = None, progress: bool = True) -> EvalReport:
-    """Evaluate ``model`` on ``dataset`` and write everything a person wants to look at into ``out_dir``.
+def write_report(report: EvalReport, preds: list[dict], dataset: DetectionDataset, out_dir: str,
+                 draw: int | None = None, draw_threshold: float = 0.3, extra: dict | None = None) -> EvalReport:
+    """Write everything a person wants to look at about a scored split into ``out_dir``.
 
-    ``draw``: how many images to draw predictions on (None = all) into ``out_dir/predictions``;
-    boxes scoring below ``draw_threshold`` are left out of the pictures (not of the metrics).
+    Args:
+        report: the split's scores (:class:`~multibox.eval.EvalReport`).
+        preds: one ``{"boxes" (K, 4) pixels, "scores" (K,), "labels" (K,)}`` dict per record of
+            ``dataset``, in order (``evaluate_model(..., keep_predictions=True)``).
+        dataset: the scored split (its records give the images and ground truth).
+        out_dir: created if missing.
+        draw: how many images to draw predictions on (None = all) into ``out_dir/predictions``.
+        draw_threshold: boxes scoring below it are left out of the pictures (not of the metrics).
+        extra: more entries for ``metrics.json``.
+
+    Returns:
+        ``report``, unchanged.
     """
     os.makedirs(out_dir, exist_ok=True)
-    report, preds = evaluate_model(model, dataset, batch_size, device, workers, coco=True,
-                                   progress=progress, keep_predictions=True)
     d = report.to_dict()
     d["split"] = dataset.name
     if extra:

@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .boxes import DEFAULT_VARIANCES, encode_boxes
-from .loops import hard_negatives
+from .._kernels.loops import hard_negatives
 from .matching import Matcher, Matches, match_priors
-from .rowsums import exp_row_sums
-from .select import where
+from .._kernels.rowsums import exp_row_sums
+from .._kernels.select import where
 
 
 class LossOutput(NamedTuple):

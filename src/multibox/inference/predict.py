@@ -24,8 +24,8 @@ from typing import Iterator, Sequence
 import cv2
 import numpy as np
 
-from .data.image import IMAGE_EXTENSIONS, ImageReadError, read_image
-from .viz import draw_boxes, save_image
+from ..data.image import IMAGE_EXTENSIONS, ImageReadError, read_image
+from ..viz.draw import draw_boxes, save_image
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 

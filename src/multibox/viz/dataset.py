@@ -10,8 +10,8 @@ from typing import Callable
 
 import numpy as np
 
-from .data.base import DetectionDataset
-from .viz import draw_boxes, fit_width, image_grid, side_by_side
+from ..data.base import DetectionDataset
+from .draw import draw_boxes, fit_width, image_grid, side_by_side
 
 
 def _ground_truth(dataset: DetectionDataset, index: int, augment: Callable | None) -> tuple[np.ndarray, np.ndarray,

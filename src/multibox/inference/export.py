@@ -1,4 +1,4 @@
-"""Export a detector to ONNX, decoding and NMS included, and run it with ONNX Runtime.
+"""Export a detector to ONNX, decoding and NMS included (run it with :mod:`multibox.inference.runtime`).
 
 The exported graph takes ``images (N, 3, H, W)`` float RGB in 0-255 at the
 model's input size, plus two scalars, ``score_threshold`` and ``iou_threshold``,
@@ -16,24 +16,21 @@ clip, the best ``candidates_per_class`` per class, per-class greedy NMS (ONNX's
 ``D`` best over all classes, and box voting if the model has it on.
 
     export_onnx(model, "model.onnx", class_names)
-    det = OnnxDetector("model.onnx")
-    det.predict(["a.jpg"])   # same Prediction objects as multibox.Detector
+    OnnxDetector("model.onnx").predict(["a.jpg"])   # multibox.inference.runtime
 """
 from __future__ import annotations
 
 import json
 import os
 import warnings
-from typing import Iterable, Sequence
+from typing import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .boxes import clip_boxes, decode_boxes
-from .detector import ImageInput, Prediction, image_list, resize_batch, to_rgb_array
-from .models.ssd import SSD
-from .nms import overlaps_above
+from ..core.boxes import clip_boxes, decode_boxes
+from ..models.ssd import SSD
+from ..core.nms import overlaps_above
 
 OPSET = 17
 
@@ -47,8 +44,8 @@ class _NonMaxSuppression(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, boxes: Tensor, scores: Tensor, max_out: Tensor, iou: Tensor, thr: Tensor) -> Tensor:
-        from .boxes import box_iou
-        from .nms import greedy_nms_mask
+        from ..core.boxes import box_iou
+        from ..core.nms import greedy_nms_mask
 
         s = scores[:, 0]
         order = s.argsort(dim=1, descending=True, stable=True)
@@ -181,80 +178,6 @@ def export_onnx(
     onnx.checker.check_model(proto)
     onnx.save(proto, path)
     return path
-
-
-class OnnxDetector:
-    """Runs an exported ``.onnx`` detector with ONNX Runtime; the same ``predict`` as :class:`Detector`."""
-
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"ONNX model not found: {path}")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(path, opts, providers=list(providers or ["CPUExecutionProvider"]))
-        except Exception as e:
-            raise ValueError(f"{path}: not a loadable ONNX model ({e})") from e
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if "class_names" not in meta:
-            raise ValueError(f"{path}: not a multibox ONNX export (no class_names metadata)")
-        self.path = path
-        self.class_names: list[str] = json.loads(meta["class_names"])
-        self.image_size: tuple[int, int] = tuple(json.loads(meta["image_size"]))
-        self.score_threshold = float(meta["score_threshold"])
-        self.iou_threshold = float(meta["iou_threshold"])
-        self.max_detections = int(meta["max_detections"])
-        self.outputs = meta.get("outputs", "detections")
-
-    def run(self, images: np.ndarray, conf: float | None = None, iou: float | None = None):
-        """Raw outputs for a float32 ``(N, 3, H, W)`` batch: ``boxes, scores, labels, num``."""
-        feeds = {
-            "images": np.ascontiguousarray(images, dtype=np.float32),
-            "score_threshold": np.array(self.score_threshold if conf is None else conf, dtype=np.float32),
-            "iou_threshold": np.array(self.iou_threshold if iou is None else iou, dtype=np.float32),
-        }
-        return self.session.run(None, feeds)
-
-    def predict(
-        self,
-        images: ImageInput | Iterable[ImageInput],
-        conf: float | None = None,
-        iou: float | None = None,
-        max_det: int | None = None,
-        batch_size: int = 8,
-    ) -> list[Prediction]:
-        images = image_list(images)
-        if self.outputs != "detections":
-            raise ValueError(f"{self.path} holds the network alone (exported with postprocess=False); "
-                             "export the checkpoint again without it to predict")
-        if max_det is not None and max_det > self.max_detections:
-            raise ValueError(f"max_det {max_det} is above the {self.max_detections} this model was exported with")
-        results: list[Prediction] = []
-        for start in range(0, len(images), batch_size):
-            chunk = images[start : start + batch_size]
-            arrays = [to_rgb_array(im) for im in chunk]
-            batch = resize_batch(arrays, self.image_size).numpy().astype(np.float32)
-            boxes, scores, labels, num = self.run(batch, conf, iou)
-            for i, a in enumerate(arrays):
-                n = int(num[i]) if max_det is None else min(int(num[i]), max_det)
-                h, w = a.shape[:2]
-                scale = np.array([w, h, w, h], dtype=np.float32)
-                lab = labels[i, :n].astype(np.int64)
-                src = chunk[i]
-                results.append(Prediction(
-                    boxes=(boxes[i, :n] * scale).astype(np.float32),
-                    scores=scores[i, :n].astype(np.float32),
-                    labels=lab,
-                    names=[self.class_names[l - 1] for l in lab],
-                    image_size=(h, w),
-                    source=os.fspath(src) if isinstance(src, (str, os.PathLike)) else None,
-                ))
-        return results
 
 
 def export_program(model: SSD, path: str | os.PathLike, class_names: Sequence[str]) -> str:

@@ -1,0 +1,62 @@
+"""Image input handling shared by every runtime: paths, arrays and tensors to RGB arrays,
+and batches resized to a model's input.
+
+An image may be a file path, an ``(H, W, 3)`` uint8 RGB array (``(H, W)`` grey and
+``(H, W, 4)`` RGBA are accepted), or a ``(3, H, W)`` tensor (uint8 0-255, or float in 0-1).
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.image import read_image
+
+ImageInput = Union[str, os.PathLike, np.ndarray, Tensor]
+
+
+def to_rgb_array(image: ImageInput) -> np.ndarray:
+    """Any supported input to an ``(H, W, 3)`` uint8 RGB array (with a clear error otherwise)."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(image)
+    if isinstance(image, Tensor):
+        t = image.detach().cpu()
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise ValueError(f"image tensors must be (3, H, W), got {tuple(t.shape)}")
+        if t.is_floating_point():
+            if not torch.isfinite(t).all():
+                raise ValueError("image tensor contains NaN or inf")
+            t = (t.clamp(0, 1) * 255).round()
+        return np.ascontiguousarray(t.to(torch.uint8).permute(1, 2, 0).numpy())
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise ValueError(f"image arrays must be (H, W, 3) RGB, got shape {image.shape}")
+        if image.dtype != np.uint8:
+            raise ValueError(f"image arrays must be uint8 (0-255), got {image.dtype}")
+        return np.ascontiguousarray(image[..., :3])
+    raise TypeError(f"unsupported image type {type(image).__name__}; give a path, a numpy array or a tensor")
+
+
+def image_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
+    """One image or many, as a list: a path, an array or a ``(3, H, W)`` tensor is one image;
+    a ``(N, 3, H, W)`` tensor or any other iterable is many."""
+    if isinstance(images, (str, os.PathLike, np.ndarray, Tensor)) and not (
+        isinstance(images, Tensor) and images.ndim == 4
+    ):
+        return [images]
+    return list(images)
+
+
+def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int]) -> Tensor:
+    """Resize RGB uint8 arrays to ``size`` (h, w) and stack into a ``(N, 3, h, w)`` uint8 tensor."""
+    h, w = size
+    out = np.empty((len(images), h, w, 3), dtype=np.uint8)
+    for i, im in enumerate(images):
+        out[i] = cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)

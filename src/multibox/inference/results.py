@@ -1,0 +1,45 @@
+"""What a detector returns for one image: :class:`Prediction`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass
+class Prediction:
+    """Detections for one image: ``boxes (K, 4)`` xyxy pixels, ``scores (K,)``, ``labels (K,)``
+    in ``1..C`` and their class ``names``, best first."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    names: list[str]
+    image_size: tuple[int, int]  # (height, width)
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def to_coco(self, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict]:
+        """COCO results entries: ``image_id``, ``category_id`` (``category_ids[label - 1]`` or the
+        label itself), ``bbox`` ``[x, y, w, h]`` and ``score``."""
+        out = []
+        for b, s, l in zip(self.boxes, self.scores, self.labels):
+            cat = int(category_ids[l - 1]) if category_ids is not None else int(l)
+            x1, y1, x2, y2 = (float(v) for v in b)
+            out.append({"image_id": int(image_id), "category_id": cat,
+                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                        "score": round(float(s), 5)})
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "source": self.source,
+            "image_size": list(self.image_size),
+            "detections": [
+                {"box": [round(float(v), 2) for v in b], "score": round(float(s), 5), "label": int(l), "name": n}
+                for b, s, l, n in zip(self.boxes, self.scores, self.labels, self.names)
+            ],
+        }
