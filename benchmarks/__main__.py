@@ -7,6 +7,7 @@ Each baseline (``benchmarks/baselines.py``) runs in the same process on the same
 inputs, and each benchmark first asserts that multibox and the baseline compute
 the same result.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,11 +27,27 @@ from . import baselines
 ROWS: list[dict] = []
 
 
-def row(name: str, ours: float, base: float | None, unit: str, target: str = "", ok: bool | None = None,
-        higher_is_better: bool = False) -> None:
+def row(
+    name: str,
+    ours: float,
+    base: float | None,
+    unit: str,
+    target: str = "",
+    ok: bool | None = None,
+    higher_is_better: bool = False,
+) -> None:
     ratio = None if base is None else (ours / base if higher_is_better else base / ours)
-    ROWS.append({"benchmark": name, "multibox": ours, "baseline": base, "unit": unit,
-                 "speedup": ratio, "target": target, "met": ok})
+    ROWS.append(
+        {
+            "benchmark": name,
+            "multibox": ours,
+            "baseline": base,
+            "unit": unit,
+            "speedup": ratio,
+            "target": target,
+            "met": ok,
+        }
+    )
     r = "" if ratio is None else f"{ratio:8.1f}x"
     b = "" if base is None else f"{base:10.1f}"
     flag = "" if ok is None else ("  met" if ok else "  NOT MET")
@@ -113,10 +130,20 @@ def bench_postprocess(quick: bool) -> None:
             base_out = baselines.loop_postprocess(loc, logits, priors)
             same_detections(ours, base_out)
         if realistic:
-            t_ours, t_base = timeit_pair(lambda: postprocess(loc, logits, priors),
-                                         lambda: baselines.loop_postprocess(loc, logits, priors), rounds=7, ours_per_round=3)
-            row(f"post-process, batch 8, realistic ({cand} candidates/img)", t_ours * 1e3, t_base * 1e3, "ms",
-                ">= 20x", t_base / t_ours >= 20)
+            t_ours, t_base = timeit_pair(
+                lambda: postprocess(loc, logits, priors),
+                lambda: baselines.loop_postprocess(loc, logits, priors),
+                rounds=7,
+                ours_per_round=3,
+            )
+            row(
+                f"post-process, batch 8, realistic ({cand} candidates/img)",
+                t_ours * 1e3,
+                t_base * 1e3,
+                "ms",
+                ">= 20x",
+                t_base / t_ours >= 20,
+            )
         else:
             t_ours = timeit(lambda: postprocess(loc, logits, priors), repeat=2)
             if quick:
@@ -125,8 +152,14 @@ def bench_postprocess(quick: bool) -> None:
                 one = (loc[:1], logits[:1], priors)
                 t_base = timeit(lambda: baselines.loop_postprocess(*one), repeat=1, warmup=0) * n
             per_img = t_ours * 1e3 / n
-            row("post-process, batch 8, worst case (all priors), ms/image", per_img,
-                None if t_base is None else t_base * 1e3 / n, "ms/img", "< 100 ms/img", per_img < 100)
+            row(
+                "post-process, batch 8, worst case (all priors), ms/image",
+                per_img,
+                None if t_base is None else t_base * 1e3 / n,
+                "ms/img",
+                "< 100 ms/img",
+                per_img < 100,
+            )
 
 
 # --- 2. matching + loss -------------------------------------------------------------
@@ -161,11 +194,20 @@ def bench_loss(quick: bool) -> None:
     base = baselines.loop_multibox_loss(loc, logits, priors, boxes, labels)
     torch.testing.assert_close(ours.loss, base[0], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ours.loc, base[1], rtol=1e-4, atol=1e-4)
-    t_ours, t_base = timeit_pair(lambda: fn(loc, logits, boxes, labels),
-                                 lambda: baselines.loop_multibox_loss(loc, logits, priors, boxes, labels), rounds=3,
-                                 ours_per_round=2)
-    row("matching + MultiBox loss, batch 32, 8732 priors", t_ours * 1e3, t_base * 1e3, "ms", ">= 5x",
-        t_base / t_ours >= 5)
+    t_ours, t_base = timeit_pair(
+        lambda: fn(loc, logits, boxes, labels),
+        lambda: baselines.loop_multibox_loss(loc, logits, priors, boxes, labels),
+        rounds=3,
+        ours_per_round=2,
+    )
+    row(
+        "matching + MultiBox loss, batch 32, 8732 priors",
+        t_ours * 1e3,
+        t_base * 1e3,
+        "ms",
+        ">= 5x",
+        t_base / t_ours >= 5,
+    )
 
 
 # --- 3. augmentation + collate --------------------------------------------------------
@@ -176,8 +218,10 @@ def bench_data(quick: bool) -> None:
     from multibox.data.build import load_split
     from multibox.data.transforms import SSDTransform, collate
 
-    sets = [("BCCD", ["data.root=bccd", "data.format=voc"], "trainval"),
-            ("chess", ["data.root=chess", "data.format=coco"], "train")]
+    sets = [
+        ("BCCD", ["data.root=bccd", "data.format=voc"], "trainval"),
+        ("chess", ["data.root=chess", "data.format=coco"], "train"),
+    ]
     for name, over, split in sets:
         try:
             cfg = load_config("demo_bccd", over)
@@ -195,18 +239,31 @@ def bench_data(quick: bool) -> None:
 
         def run_base():
             for s in range(0, n, 16):
-                baselines.loop_collate([base(ds.records[i].image_path, ds.records[i].boxes, ds.records[i].labels)
-                                        for i in range(s, min(n, s + 16))])
+                baselines.loop_collate(
+                    [
+                        base(ds.records[i].image_path, ds.records[i].boxes, ds.records[i].labels)
+                        for i in range(s, min(n, s + 16))
+                    ]
+                )
 
         # same geometry check: with augmentation off, both give the same boxes
         plain = ds.with_transform(SSDTransform((300, 300), train=False))[0]
         r = ds.records[0]
-        torch.testing.assert_close(plain["boxes"], torch.from_numpy(r.boxes / np.array(
-            [r.size[1], r.size[0], r.size[1], r.size[0]], np.float32)).float())
+        torch.testing.assert_close(
+            plain["boxes"],
+            torch.from_numpy(r.boxes / np.array([r.size[1], r.size[0], r.size[1], r.size[0]], np.float32)).float(),
+        )
         t_ours = timeit(run_ours, repeat=1)
         t_base = timeit(run_base, repeat=1)
-        row(f"augment + collate, {name} -> 300px, 1 worker", n / t_ours, n / t_base, "img/s", ">= 2x",
-            t_base / t_ours >= 2, higher_is_better=True)
+        row(
+            f"augment + collate, {name} -> 300px, 1 worker",
+            n / t_ours,
+            n / t_base,
+            "img/s",
+            ">= 2x",
+            t_base / t_ours >= 2,
+            higher_is_better=True,
+        )
 
 
 # --- 4. model forward -----------------------------------------------------------------
@@ -219,9 +276,20 @@ def bench_forward(quick: bool) -> None:
     from multibox.models import create_model
     from multibox.models.fuse import inference_copy
 
-    models = [("ssdlite_effl0", dict(pretrained_backbone=False, image_size=320, feature_strides=[8, 16, 32],
-                                     scales=[0.07, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.05], aspect_ratios=[2]), 3),
-              ("ssd300_vgg16", {}, 20)]
+    models = [
+        (
+            "ssdlite_effl0",
+            dict(
+                pretrained_backbone=False,
+                image_size=320,
+                feature_strides=[8, 16, 32],
+                scales=[0.07, 0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 1.05],
+                aspect_ratios=[2],
+            ),
+            3,
+        ),
+        ("ssd300_vgg16", {}, 20),
+    ]
     for name, kwargs, classes in models:
         torch.manual_seed(0)
         model = create_model(name, num_classes=classes, **kwargs).eval()
@@ -235,15 +303,19 @@ def bench_forward(quick: bool) -> None:
             cl = create_model(name, num_classes=classes, **kwargs).eval()
             cl.load_state_dict(model.state_dict())
             cl = cl.to(memory_format=torch.channels_last)
-            results["channels-last"] = (timeit(lambda: cl(x1.contiguous(memory_format=torch.channels_last)), 10),
-                                        timeit(lambda: cl(x8.contiguous(memory_format=torch.channels_last)), 3))
+            results["channels-last"] = (
+                timeit(lambda: cl(x1.contiguous(memory_format=torch.channels_last)), 10),
+                timeit(lambda: cl(x8.contiguous(memory_format=torch.channels_last)), 3),
+            )
             # what Detector and evaluation run: BatchNorm folded, ReLU/ReLU6 fused, channels-last
             fast = inference_copy(model)
-            torch.testing.assert_close(fast(x8.contiguous(memory_format=torch.channels_last))[1], ref[1],
-                                       rtol=1e-3, atol=1e-3)
+            torch.testing.assert_close(
+                fast(x8.contiguous(memory_format=torch.channels_last))[1], ref[1], rtol=1e-3, atol=1e-3
+            )
             results["folded + fused"] = (
                 timeit(lambda: fast(x1.contiguous(memory_format=torch.channels_last)), 10),
-                timeit(lambda: fast(x8.contiguous(memory_format=torch.channels_last)), 3))
+                timeit(lambda: fast(x8.contiguous(memory_format=torch.channels_last)), 3),
+            )
             if not quick:
                 try:
                     comp = torch.compile(model, dynamic=False)
@@ -264,8 +336,10 @@ def bench_forward(quick: bool) -> None:
             xn1, xn8 = x1.numpy(), x8.numpy()
             got = sess.run(None, {"images": xn8})
             np.testing.assert_allclose(got[1], ref[1].numpy(), rtol=1e-3, atol=1e-3)
-            results["ONNX Runtime"] = (timeit(lambda: sess.run(None, {"images": xn1}), 10),
-                                       timeit(lambda: sess.run(None, {"images": xn8}), 3))
+            results["ONNX Runtime"] = (
+                timeit(lambda: sess.run(None, {"images": xn1}), 10),
+                timeit(lambda: sess.run(None, {"images": xn8}), 3),
+            )
         eager1, eager8 = results["eager"]
         for variant, (t1, t8) in results.items():
             target = ""
@@ -273,8 +347,7 @@ def bench_forward(quick: bool) -> None:
             if variant == "ONNX Runtime":
                 target, ok = ">= 1.5x eager at batch 1", eager1 / t1 >= 1.5
             row(f"{name} forward batch 1 latency, {variant}", t1 * 1e3, eager1 * 1e3, "ms", target, ok)
-            row(f"{name} forward batch 8 throughput, {variant}", 8 / t8, 8 / eager8, "img/s",
-                higher_is_better=True)
+            row(f"{name} forward batch 8 throughput, {variant}", 8 / t8, 8 / eager8, "img/s", higher_is_better=True)
 
 
 # --- 5. training step -----------------------------------------------------------------
@@ -291,8 +364,15 @@ def bench_train(quick: bool) -> None:
     except FileNotFoundError as e:
         print(f"  training step: skipped ({e})")
         return
-    row("training step ssdlite_effl0 320px, demo settings (batch 8)", rate, base, "img/s", ">= 20 img/s",
-        rate >= 20, higher_is_better=True)
+    row(
+        "training step ssdlite_effl0 320px, demo settings (batch 8)",
+        rate,
+        base,
+        "img/s",
+        ">= 20 img/s",
+        rate >= 20,
+        higher_is_better=True,
+    )
 
 
 TABLE_BEGIN, TABLE_END = "<!-- benchmark table: written by python -m benchmarks -->", "<!-- end of table -->"
@@ -324,14 +404,21 @@ def markdown_table(machine: str, seconds: float, command: str) -> str:
     def num(v):
         return "" if v is None else f"{v:.1f}"
 
-    lines = [TABLE_BEGIN, "", f"Machine: {machine}. Command: `{command}` ({seconds:.0f} s).", "",
-             "| benchmark | multibox | baseline | unit | speed-up | target | met |",
-             "|---|---:|---:|---|---:|---|---|"]
+    lines = [
+        TABLE_BEGIN,
+        "",
+        f"Machine: {machine}. Command: `{command}` ({seconds:.0f} s).",
+        "",
+        "| benchmark | multibox | baseline | unit | speed-up | target | met |",
+        "|---|---:|---:|---|---:|---|---|",
+    ]
     for r in ROWS:
         met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
         ratio = "" if r["speedup"] is None else f"{r['speedup']:.1f}x"
-        lines.append(f"| {r['benchmark']} | {num(r['multibox'])} | {num(r['baseline'])} | {r['unit']} | {ratio} "
-                     f"| {r['target']} | {met} |")
+        lines.append(
+            f"| {r['benchmark']} | {num(r['multibox'])} | {num(r['baseline'])} | {r['unit']} | {ratio} "
+            f"| {r['target']} | {met} |"
+        )
     return "\n".join(lines + ["", TABLE_END])
 
 
@@ -347,8 +434,13 @@ def write_markdown(path: str, table: str) -> None:
         f.write(text)
 
 
-PARTS = {"postprocess": bench_postprocess, "loss": bench_loss, "data": bench_data, "forward": bench_forward,
-         "train": bench_train}
+PARTS = {
+    "postprocess": bench_postprocess,
+    "loss": bench_loss,
+    "data": bench_data,
+    "forward": bench_forward,
+    "train": bench_train,
+}
 
 
 def main() -> None:
@@ -377,8 +469,11 @@ def main() -> None:
         json.dump({"machine": machine, "seconds": round(total, 1), "rows": ROWS}, f, indent=2)
     print(f"wrote {a.out}")
     if a.markdown:
-        command = "python -m benchmarks" + (" --quick" if a.quick else "") + (
-            f" --only {a.only}" if a.only != ",".join(PARTS) else "")
+        command = (
+            "python -m benchmarks"
+            + (" --quick" if a.quick else "")
+            + (f" --only {a.only}" if a.only != ",".join(PARTS) else "")
+        )
         write_markdown(a.markdown, markdown_table(machine, total, command))
         print(f"wrote {a.markdown}")
 

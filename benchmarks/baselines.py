@@ -5,6 +5,7 @@ time, one class at a time, a Python loop per kept box in NMS, and a per-sample
 PIL/float32 augmentation chain. Each benchmark checks that multibox computes the
 same result before it compares times.
 """
+
 from __future__ import annotations
 
 import math
@@ -162,7 +163,7 @@ class PilSSDAugment:
         left, top = self.rng.uniform(0, w * ratio - w), self.rng.uniform(0, h * ratio - h)
         canvas = np.empty((int(h * ratio), int(w * ratio), 3), np.float32)
         canvas[:, :] = self.mean
-        canvas[int(top):int(top) + h, int(left):int(left) + w] = img
+        canvas[int(top) : int(top) + h, int(left) : int(left) + w] = img
         return canvas, boxes + np.array([int(left), int(top), int(left), int(top)], np.float32)
 
     def _crop(self, img, boxes, labels):
@@ -182,13 +183,18 @@ class PilSSDAugment:
                 if iou.max() < min_iou:
                     continue
                 centers = (boxes[:, :2] + boxes[:, 2:]) / 2
-                m = (centers[:, 0] > rect[0]) & (centers[:, 1] > rect[1]) & (centers[:, 0] < rect[2]) & (centers[:, 1] < rect[3])
+                m = (
+                    (centers[:, 0] > rect[0])
+                    & (centers[:, 1] > rect[1])
+                    & (centers[:, 0] < rect[2])
+                    & (centers[:, 1] < rect[3])
+                )
                 if not m.any():
                     continue
                 b = boxes[m].copy()
                 b[:, :2] = np.maximum(b[:, :2], rect[:2]) - rect[:2]
                 b[:, 2:] = np.minimum(b[:, 2:], rect[2:]) - rect[:2]
-                return img[int(rect[1]):int(rect[3]), int(rect[0]):int(rect[2])], b, labels[m]
+                return img[int(rect[1]) : int(rect[3]), int(rect[0]) : int(rect[2])], b, labels[m]
 
     def __call__(self, path: str, boxes: np.ndarray, labels: np.ndarray):
         img = np.asarray(Image.open(path).convert("RGB")).astype(np.float32)

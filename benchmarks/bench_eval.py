@@ -4,6 +4,7 @@ subset (the loop is too slow to run on all of it).
 
     python -m benchmarks.bench_eval [--images 5000] [--dets 100]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,9 @@ def make_data(n_images: int, n_dets: int, num_classes: int = 20, seed: int = 0):
         gl = rng.integers(1, num_classes + 1, k)
         src = gb[rng.integers(0, k, n_dets)] + rng.normal(0, 15, (n_dets, 4))
         db = np.concatenate((np.minimum(src[:, :2], src[:, 2:]), np.maximum(src[:, :2], src[:, 2:])), 1)
-        dl = np.where(rng.random(n_dets) < 0.5, gl[rng.integers(0, k, n_dets)], rng.integers(1, num_classes + 1, n_dets))
+        dl = np.where(
+            rng.random(n_dets) < 0.5, gl[rng.integers(0, k, n_dets)], rng.integers(1, num_classes + 1, n_dets)
+        )
         out.append((i, gb, gl, db, rng.random(n_dets), dl))
     return out
 
@@ -44,9 +47,14 @@ def run(n_images: int = 5000, n_dets: int = 100) -> dict:
     coco = ev.coco()
     t_coco = time.perf_counter() - t2
     return {
-        "images": n_images, "detections": n_images * n_dets,
-        "add_s": t_add, "voc_both_s": t_voc, "coco_s": t_coco, "total_s": t_add + t_voc + t_coco,
-        "mAP50": report.map, "coco_AP": coco["AP"],
+        "images": n_images,
+        "detections": n_images * n_dets,
+        "add_s": t_add,
+        "voc_both_s": t_voc,
+        "coco_s": t_coco,
+        "total_s": t_add + t_voc + t_coco,
+        "mAP50": report.map,
+        "coco_AP": coco["AP"],
     }
 
 
@@ -56,6 +64,8 @@ if __name__ == "__main__":
     ap.add_argument("--dets", type=int, default=100)
     a = ap.parse_args()
     r = run(a.images, a.dets)
-    print(f"{r['images']} images x {a.dets} detections ({r['detections']:,}): "
-          f"accumulate {r['add_s']:.2f} s, VOC07+VOC12 AP {r['voc_both_s']:.2f} s, COCO {r['coco_s']:.2f} s, "
-          f"total {r['total_s']:.2f} s  (mAP50 {r['mAP50']:.4f}, COCO AP {r['coco_AP']:.4f})")
+    print(
+        f"{r['images']} images x {a.dets} detections ({r['detections']:,}): "
+        f"accumulate {r['add_s']:.2f} s, VOC07+VOC12 AP {r['voc_both_s']:.2f} s, COCO {r['coco_s']:.2f} s, "
+        f"total {r['total_s']:.2f} s  (mAP50 {r['mAP50']:.4f}, COCO AP {r['coco_AP']:.4f})"
+    )

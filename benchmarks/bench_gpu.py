@@ -17,6 +17,7 @@ background-biased classifier, imported into multibox):
 
 torchvision is optional: without it only the multibox columns are measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,8 +98,9 @@ def inference(tv, ours, device, batches, steps, compile_ok, rows):
             cl = ours.to(memory_format=torch.channels_last)
             xc = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(**amp):
-                rows.append(("inference", b, "multibox bf16 + channels-last",
-                             rate(lambda: cl.predict(xc), b, steps, device)))
+                rows.append(
+                    ("inference", b, "multibox bf16 + channels-last", rate(lambda: cl.predict(xc), b, steps, device))
+                )
                 if compile_ok:
                     mode = "reduce-overhead" if (b == 1 and device.type == "cuda") else "max-autotune-no-cudagraphs"
                     net = torch.compile(cl, mode=mode)
@@ -109,8 +111,14 @@ def inference(tv, ours, device, batches, steps, compile_ok, rows):
                         return postprocess(loc, logits, cl.priors)
 
                     label = "+ torch.compile" + (" + CUDA graphs" if mode == "reduce-overhead" else "")
-                    rows.append(("inference", b, f"multibox bf16 + channels-last {label}",
-                                 rate(run, b, steps, device, warmup=5)))
+                    rows.append(
+                        (
+                            "inference",
+                            b,
+                            f"multibox bf16 + channels-last {label}",
+                            rate(run, b, steps, device, warmup=5),
+                        )
+                    )
             ours.to(memory_format=torch.contiguous_format)
     # equality of fp32 detections on the same weights
     if tv is not None:
@@ -120,16 +128,17 @@ def inference(tv, ours, device, batches, steps, compile_ok, rows):
             o = ours.predict(x).per_image()
         hits = total = 0
         for a, b in zip(t, o):
-            h, n = match({k: v.cpu().numpy() for k, v in a.items()}, {k: v.cpu().numpy() for k, v in b.items()},
-                         1e-2, 1e-4)
+            h, n = match(
+                {k: v.cpu().numpy() for k, v in a.items()}, {k: v.cpu().numpy() for k, v in b.items()}, 1e-2, 1e-4
+            )
             hits, total = hits + h, total + n
         return f"{hits}/{total} torchvision detections matched (fp32)"
     return "torchvision not installed: equality not checked"
 
 
 def training(tv, ours, device, batch, steps, compile_ok, rows):
-    from multibox.engine.trainer import param_groups
     from multibox.core.losses import MultiBoxLoss
+    from multibox.engine.trainer import param_groups
 
     x = textured_images(batch, seed=2).to(device)
     boxes, labels = random_targets(batch, device)
@@ -163,18 +172,27 @@ def training(tv, ours, device, batch, steps, compile_ok, rows):
             opt.zero_grad(set_to_none=True)
             out.loss.backward()
             opt.step()
+
         return step
 
     rows.append(("training", batch, "multibox fp32", rate(make_step(ours, x, False), batch, steps, device)))
     ours.to(memory_format=torch.channels_last)
     xc = x.contiguous(memory_format=torch.channels_last)
-    rows.append(("training", batch, "multibox bf16 + channels-last", rate(make_step(ours, xc, True), batch, steps, device)))
+    rows.append(
+        ("training", batch, "multibox bf16 + channels-last", rate(make_step(ours, xc, True), batch, steps, device))
+    )
     best = make_step(ours, xc, True)
     if compile_ok:
         net = torch.compile(ours)
         best = make_step(net, xc, True)
-        rows.append(("training", batch, "multibox bf16 + channels-last + torch.compile",
-                     rate(best, batch, steps, device, warmup=5)))
+        rows.append(
+            (
+                "training",
+                batch,
+                "multibox bf16 + channels-last + torch.compile",
+                rate(best, batch, steps, device, warmup=5),
+            )
+        )
     return best
 
 
@@ -200,8 +218,9 @@ def data_pipeline(device, batch, steps, n_images, rows, step_fn=None):
             Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, quality=85)
             xy = rng.uniform(0, 0.5, (4, 2)) * [w, h]
             boxes = np.concatenate((xy, xy + rng.uniform(30, 150, (4, 2))), 1).clip(0, [w, h, w, h])
-            records.append(Record(path, i, boxes.astype(np.float32), np.array([1, 2, 3, 4]), np.zeros(4, bool),
-                                  size=(h, w)))
+            records.append(
+                Record(path, i, boxes.astype(np.float32), np.array([1, 2, 3, 4]), np.zeros(4, bool), size=(h, w))
+            )
         ds = DetectionDataset(records, [str(i) for i in range(1, 91)], name="generated")
         ds = ds.with_transform(SSDTransform((300, 300), train=True, seed=0))
         workers = os.cpu_count() or 1
@@ -248,8 +267,16 @@ def main() -> None:
         print(f"  {what:<28} {b:>5}  {variant:<58} {v:10.1f}")
     print(f"  detections: {equal}")
     with open(a.out, "w") as f:
-        json.dump({"device": name, "torch": torch.__version__, "equal_detections": equal,
-                   "rows": [dict(zip(("what", "batch", "variant", "images_per_s"), r)) for r in rows]}, f, indent=2)
+        json.dump(
+            {
+                "device": name,
+                "torch": torch.__version__,
+                "equal_detections": equal,
+                "rows": [dict(zip(("what", "batch", "variant", "images_per_s"), r)) for r in rows],
+            },
+            f,
+            indent=2,
+        )
 
 
 if __name__ == "__main__":

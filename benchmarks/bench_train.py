@@ -4,6 +4,7 @@ and ssd300_vgg16, and the data pipeline's images/second in one worker.
 
     python -m benchmarks.bench_train [--steps 6] [--data ../shared/datasets]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,9 @@ from multibox.engine.trainer import Trainer
 def train_rate(preset_overrides: list[str], steps: int) -> float:
     """Images/second of the median training step, after one warm-up step (allocations, oneDNN
     kernels); the batches are prepared beforehand, so data loading is not timed."""
-    cfg = load_config("demo_bccd", ["out_dir=/tmp/multibox_bench", "data.workers=0", "data.test=null"] + preset_overrides)
+    cfg = load_config(
+        "demo_bccd", ["out_dir=/tmp/multibox_bench", "data.workers=0", "data.test=null"] + preset_overrides
+    )
     tr = Trainer(cfg, progress=False)
     it = iter(tr.loader)
     batches = [next(it) for _ in range(min(steps, len(tr.loader)))]
@@ -57,8 +60,13 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     rows = [
         ("ssdlite_effl0 320px, demo settings (batch 8)", train_rate([], a.steps)),
-        ("ssd300_vgg16, batch 8", train_rate(["model.name=ssd300_vgg16", "model.kwargs={}", "model.freeze=0",
-                                               "train.batch_size=8"], max(3, a.steps // 2))),
+        (
+            "ssd300_vgg16, batch 8",
+            train_rate(
+                ["model.name=ssd300_vgg16", "model.kwargs={}", "model.freeze=0", "train.batch_size=8"],
+                max(3, a.steps // 2),
+            ),
+        ),
     ]
     print(f"{'training step (forward+loss+backward+SGD), CPU threads=' + str(torch.get_num_threads()):<64} images/s")
     for name, v in rows:

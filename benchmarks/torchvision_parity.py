@@ -10,6 +10,7 @@ multibox, and compares on the same 300x300 images, in fp32:
 
     python -m benchmarks.torchvision_parity [--device cuda] [--images 16]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,7 @@ def textured_images(n: int, seed: int = 0) -> torch.Tensor:
         for _ in range(4):
             x1, y1 = torch.randint(0, 220, (2,), generator=g).tolist()
             w, h = torch.randint(30, 80, (2,), generator=g).tolist()
-            x[i, :, y1:y1 + h, x1:x1 + w] = torch.rand(3, 1, 1, generator=g)
+            x[i, :, y1 : y1 + h, x1 : x1 + w] = torch.rand(3, 1, 1, generator=g)
     x = x + 0.03 * torch.randn(x.shape, generator=g)
     return (x.clamp(0, 1) * 255).round()
 
@@ -38,8 +39,12 @@ def match(a: dict, b: dict, box_tol: float, score_tol: float) -> tuple[int, int]
     used = np.zeros(len(b["scores"]), bool)
     hits = 0
     for box, s, lbl in zip(a["boxes"], a["scores"], a["labels"]):
-        ok = (~used & (b["labels"] == lbl) & (np.abs(b["boxes"] - box).max(1) <= box_tol)
-              & (np.abs(b["scores"] - s) <= score_tol))
+        ok = (
+            ~used
+            & (b["labels"] == lbl)
+            & (np.abs(b["boxes"] - box).max(1) <= box_tol)
+            & (np.abs(b["scores"] - s) <= score_tol)
+        )
         if ok.any():
             used[np.argmax(ok)] = True
             hits += 1
@@ -93,12 +98,18 @@ def main() -> None:
         total += n
     same_counts = all(x == y for x, y in counts)
     result = {
-        "torchvision": torchvision.__version__, "torch": torch.__version__, "device": str(dev),
+        "torchvision": torchvision.__version__,
+        "torch": torch.__version__,
+        "device": str(dev),
         "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
-        "images": a.images, "priors": int(loc.shape[1]),
-        "max_abs_diff_box_offsets": d_loc, "max_abs_diff_logits": d_logit,
-        "detections_torchvision": int(sum(c[0] for c in counts)), "detections_multibox": int(sum(c[1] for c in counts)),
-        "same_count_per_image": same_counts, "torchvision_detections_matched": f"{hits}/{total}",
+        "images": a.images,
+        "priors": int(loc.shape[1]),
+        "max_abs_diff_box_offsets": d_loc,
+        "max_abs_diff_logits": d_logit,
+        "detections_torchvision": int(sum(c[0] for c in counts)),
+        "detections_multibox": int(sum(c[1] for c in counts)),
+        "same_count_per_image": same_counts,
+        "torchvision_detections_matched": f"{hits}/{total}",
     }
     print(json.dumps(result, indent=2))
     if a.json:

@@ -1,8 +1,12 @@
 """Small datasets made on the fly: images with solid rectangles and their annotations."""
+
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import re
 
 import numpy as np
 from PIL import Image
@@ -32,8 +36,10 @@ def voc_xml(filename, width, height, objects):
         f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
         for n, b, d in objects
     )
-    return (f"<annotation><filename>{filename}</filename><path>/somewhere/else/{filename}</path>"
-            f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>{objs}</annotation>")
+    return (
+        f"<annotation><filename>{filename}</filename><path>/somewhere/else/{filename}</path>"
+        f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>{objs}</annotation>"
+    )
 
 
 def make_voc(root, n=8, seed=0, names=("red", "green", "blue", "yellow"), split="train", overlap_free=False):
@@ -77,6 +83,36 @@ def make_checkpoint(path, class_names=("red", "green", "blue"), image_size=160, 
         with torch.no_grad():
             for p in model.head.parameters():
                 p.normal_(0.0, head_std)
-    atomic_save({"model": model.state_dict(), "model_name": "ssdlite_effl0", "model_kwargs": kw,
-                 "class_names": list(class_names)}, path)
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "model_name": "ssdlite_effl0",
+            "model_kwargs": kw,
+            "class_names": list(class_names),
+        },
+        path,
+    )
     return str(path)
+
+
+@contextlib.contextmanager
+def logs_warning(match: str):
+    """Like ``pytest.warns``, for the warnings multibox logs on the ``multibox`` logger:
+    the block must log a WARNING whose message matches the regular expression ``match``."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger("multibox")
+    handler, level = Keep(logging.WARNING), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level or logging.WARNING, logging.WARNING))
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    messages = [r.getMessage() for r in records]
+    assert any(re.search(match, m) for m in messages), f"no warning matching {match!r} was logged; got {messages}"

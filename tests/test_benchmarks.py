@@ -1,4 +1,5 @@
 """The benchmark command's Markdown output (the benchmarks themselves run with `python -m benchmarks`)."""
+
 import sys
 
 from conftest import ROOT
@@ -8,13 +9,24 @@ from benchmarks import __main__ as bench  # noqa: E402
 
 
 def test_markdown_table_replaces_only_its_region(tmp_path):
-    bench.ROWS[:] = [{"benchmark": "post-process", "multibox": 5.0, "baseline": 100.0, "unit": "ms",
-                      "speedup": 20.0, "target": ">= 20x", "met": True}]
+    bench.ROWS[:] = [
+        {
+            "benchmark": "post-process",
+            "multibox": 5.0,
+            "baseline": 100.0,
+            "unit": "ms",
+            "speedup": 20.0,
+            "target": ">= 20x",
+            "met": True,
+        }
+    ]
     path = tmp_path / "b.md"
     path.write_text("# Title\n\nintro\n")
     bench.write_markdown(str(path), bench.markdown_table("cpu", 12.0, "python -m benchmarks"))
     first = path.read_text()
-    assert first.startswith("# Title\n\nintro\n") and "| post-process | 5.0 | 100.0 | ms | 20.0x | >= 20x | yes |" in first
+    assert (
+        first.startswith("# Title\n\nintro\n") and "| post-process | 5.0 | 100.0 | ms | 20.0x | >= 20x | yes |" in first
+    )
     path.write_text(first + "\nnotes after the table\n")
     bench.ROWS[0].update(multibox=10.0, speedup=10.0, met=False)
     bench.write_markdown(str(path), bench.markdown_table("cpu", 12.0, "python -m benchmarks"))
@@ -33,6 +45,7 @@ def test_paired_timing_alternates_the_two_sides_and_takes_medians(monkeypatch):
             calls.append(name)
             for _ in range(cost - 1):  # each call advances the fake clock by `cost` ticks in all
                 next(clock)
+
         return fn
 
     t_ours, t_base = bench.timeit_pair(side("a", 1), side("b", 5), rounds=2, ours_per_round=3)

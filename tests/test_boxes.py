@@ -5,7 +5,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from multibox.core.boxes import box_area, box_iou, check_boxes, clip_boxes, cxcywh_to_xyxy, decode_boxes, encode_boxes, xyxy_to_cxcywh
+from multibox.core.boxes import (
+    box_area,
+    box_iou,
+    check_boxes,
+    clip_boxes,
+    cxcywh_to_xyxy,
+    decode_boxes,
+    encode_boxes,
+    xyxy_to_cxcywh,
+)
 
 
 def test_conversions_by_hand():
@@ -50,9 +59,7 @@ def test_encode_by_hand():
 
 
 box_strategy = st.lists(
-    st.tuples(
-        st.floats(0.0, 0.9), st.floats(0.0, 0.9), st.floats(0.01, 1.0), st.floats(0.01, 1.0)
-    ),
+    st.tuples(st.floats(0.0, 0.9), st.floats(0.0, 0.9), st.floats(0.01, 1.0), st.floats(0.01, 1.0)),
     min_size=1,
     max_size=20,
 )

@@ -5,8 +5,14 @@ from multibox.config import Config, config_from_dict, list_presets, load_config,
 
 def test_every_preset_loads_and_builds_typed_sections():
     names = list_presets()
-    assert {"demo_bccd", "ssd300_vgg16_voc", "ssd512_vgg16_voc", "ssdlite_effl0_bccd",
-            "ssdlite_effl0_raccoon", "ssdlite_effl0_chess"} <= set(names)
+    assert {
+        "demo_bccd",
+        "ssd300_vgg16_voc",
+        "ssd512_vgg16_voc",
+        "ssdlite_effl0_bccd",
+        "ssdlite_effl0_raccoon",
+        "ssdlite_effl0_chess",
+    } <= set(names)
     for n in names:
         cfg = load_config(n)
         assert isinstance(cfg, Config) and isinstance(cfg.data.augment.min_ious, tuple)
@@ -20,8 +26,16 @@ def test_paper_recipe_preset():
 
 
 def test_overrides_parse_yaml_values():
-    cfg = load_config("demo_bccd", ["train.lr=0.5", "data.val=null", "train.milestones=[0.5, 0.9]",
-                                    "model.kwargs.image_size=256", "data.augment.flip_prob=0"])
+    cfg = load_config(
+        "demo_bccd",
+        [
+            "train.lr=0.5",
+            "data.val=null",
+            "train.milestones=[0.5, 0.9]",
+            "model.kwargs.image_size=256",
+            "data.augment.flip_prob=0",
+        ],
+    )
     assert cfg.train.lr == 0.5 and cfg.data.val is None and cfg.train.milestones == [0.5, 0.9]
     assert cfg.model.kwargs["image_size"] == 256 and cfg.model.kwargs["feature_strides"] == [8, 16, 32]
     assert cfg.data.augment.flip_prob == 0

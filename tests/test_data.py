@@ -4,22 +4,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import make_voc, voc_xml, write_coco
 from conftest import dataset_dir
+from helpers import logs_warning, make_voc, voc_xml, write_coco
 from multibox.data.base import DatasetError
 from multibox.data.coco import coco_dataset
 from multibox.data.image import ImageReadError, read_image
 from multibox.data.voc import parse_voc_xml, voc_dataset, xml_folder_dataset
 
-
 # --- real data (skipped when absent) ------------------------------------------------
+
 
 def test_bccd_voc_layout():
     root = dataset_dir("bccd")
-    with pytest.warns(UserWarning, match=r"dropped 1 degenerate box.*BloodImage_00343"):
+    with logs_warning(r"dropped 1 degenerate box.*BloodImage_00343"):
         train = voc_dataset(str(root), "train")
     assert len(train) == 205 and train.class_names == ["Platelets", "RBC", "WBC"]
-    with pytest.warns(UserWarning, match="BloodImage_00338"):
+    with logs_warning("BloodImage_00338"):
         val = voc_dataset(str(root), "val", train.class_names)
     test = voc_dataset(str(root), "test", train.class_names)
     assert (len(val), len(test)) == (87, 72)
@@ -43,7 +43,7 @@ def test_raccoon_folder_layout_ignores_foreign_paths():
 
 def test_chess_coco_non_contiguous_and_stray_categories():
     root = dataset_dir("chess")
-    with pytest.warns(UserWarning, match="'bishop' x1"):
+    with logs_warning("'bishop' x1"):
         train = coco_dataset(str(root / "train" / "_annotations.coco.json"), min_annotations=2)
     assert len(train) == 202 and len(train.class_names) == 12
     assert train.category_ids == list(range(2, 14))  # 0 (empty 'pieces') and 1 (one stray box) dropped
@@ -54,15 +54,23 @@ def test_chess_coco_non_contiguous_and_stray_categories():
 
 # --- small files made here ------------------------------------------------------------
 
+
 def test_voc_layout_clipping_and_degenerate_boxes(tmp_path):
     root = make_voc(str(tmp_path / "voc"), n=2)
     xml = tmp_path / "voc" / "Annotations" / "img000.xml"
-    xml.write_text(voc_xml("img000.jpg", 160, 120, [
-        ("red", [-5, 10, 50, 130], False),  # crosses the border: clipped
-        ("blue", [30, 30, 30, 60], False),  # zero width: dropped
-        ("green", [10, 10, 20, 20], True),  # difficult kept
-    ]))
-    with pytest.warns(UserWarning, match=r"dropped 1 degenerate box.*img000.jpg"):
+    xml.write_text(
+        voc_xml(
+            "img000.jpg",
+            160,
+            120,
+            [
+                ("red", [-5, 10, 50, 130], False),  # crosses the border: clipped
+                ("blue", [30, 30, 30, 60], False),  # zero width: dropped
+                ("green", [10, 10, 20, 20], True),  # difficult kept
+            ],
+        )
+    )
+    with logs_warning(r"dropped 1 degenerate box.*img000.jpg"):
         ds = voc_dataset(root, "train")
     r = ds.records[0]
     assert r.boxes.tolist() == [[0, 10, 50, 120], [10, 10, 20, 20]]
@@ -76,7 +84,7 @@ def test_voc_errors_name_the_file(tmp_path):
     (ann / "img001.xml").write_text("<annotation><object><name>red")
     with pytest.raises(DatasetError, match=r"img001.xml: malformed XML"):
         voc_dataset(root, "train")
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable or malformed file.*img001.xml"):
+    with logs_warning(r"skipped 1 unreadable or malformed file.*img001.xml"):
         ds = voc_dataset(root, "train", skip_bad=True)
     assert len(ds) == 2
     (ann / "img001.xml").write_text("<annotation><object><name>red</name></object></annotation>")
@@ -93,7 +101,7 @@ def test_voc_errors_name_the_file(tmp_path):
 
 def test_class_names_from_user_ignore_and_count_others(tmp_path):
     root = make_voc(str(tmp_path / "voc"), n=6)
-    with pytest.warns(UserWarning, match="ignored objects of classes not in the class list"):
+    with logs_warning("ignored objects of classes not in the class list"):
         ds = voc_dataset(root, "train", class_names=["red"])
     assert ds.class_names == ["red"] and all((r.labels == 1).all() for r in ds.records)
 
@@ -104,7 +112,9 @@ def test_folder_layout_with_split_file(tmp_path):
     (root / "annotations").mkdir()
     for i in range(3):
         Image.new("RGB", (50, 40), (i * 50, 0, 0)).save(root / "images" / f"pic-{i}.png")
-        (root / "annotations" / f"pic-{i}.xml").write_text(voc_xml(f"pic-{i}.png", 50, 40, [("thing", [1, 2, 30, 20], False)]))
+        (root / "annotations" / f"pic-{i}.xml").write_text(
+            voc_xml(f"pic-{i}.png", 50, 40, [("thing", [1, 2, 30, 20], False)])
+        )
     (root / "train.txt").write_text("pic-0.jpg\npic-2\n")
     ds = xml_folder_dataset(str(root), "train")
     assert [os.path.basename(r.image_path) for r in ds.records] == ["pic-0.png", "pic-2.png"]
@@ -117,7 +127,7 @@ def test_image_modes_become_upright_rgb(tmp_path):
     Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
     Image.fromarray(np.dstack([rgb, np.full((20, 30), 128, np.uint8)])).save(tmp_path / "rgba.png")
     Image.fromarray(rgb).convert("P").save(tmp_path / "palette.png")
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(tmp_path / "16bit.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(tmp_path / "16bit.png")
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
     for name in ("gray.png", "rgba.png", "palette.png", "16bit.png", "cmyk.jpg"):
         im = read_image(tmp_path / name)
@@ -150,24 +160,35 @@ def test_unreadable_images_raise_named_errors(tmp_path):
 def _coco(tmp_path, images=None, annotations=None, categories=None):
     for i in (1, 2, 3):
         Image.new("RGB", (100, 80)).save(tmp_path / f"{i}.jpg")
-    images = images if images is not None else [
-        {"id": 10, "file_name": "1.jpg", "width": 100, "height": 80},
-        {"id": 20, "file_name": "2.jpg", "width": 100, "height": 80},
-        {"id": 30, "file_name": "3.jpg", "width": 100, "height": 80},  # no annotations: a negative
-    ]
-    annotations = annotations if annotations is not None else [
-        {"id": 1, "image_id": 10, "category_id": 7, "bbox": [10, 10, 20, 30], "iscrowd": 0},
-        {"id": 2, "image_id": 20, "category_id": 3, "bbox": [90, 70, 20, 20], "iscrowd": 0},  # clipped
-        {"id": 3, "image_id": 20, "category_id": 7, "bbox": [5, 5, 0, 10], "iscrowd": 0},  # zero width
-    ]
-    categories = categories if categories is not None else [
-        {"id": 0, "name": "super"}, {"id": 3, "name": "b"}, {"id": 7, "name": "a"}]
+    images = (
+        images
+        if images is not None
+        else [
+            {"id": 10, "file_name": "1.jpg", "width": 100, "height": 80},
+            {"id": 20, "file_name": "2.jpg", "width": 100, "height": 80},
+            {"id": 30, "file_name": "3.jpg", "width": 100, "height": 80},  # no annotations: a negative
+        ]
+    )
+    annotations = (
+        annotations
+        if annotations is not None
+        else [
+            {"id": 1, "image_id": 10, "category_id": 7, "bbox": [10, 10, 20, 30], "iscrowd": 0},
+            {"id": 2, "image_id": 20, "category_id": 3, "bbox": [90, 70, 20, 20], "iscrowd": 0},  # clipped
+            {"id": 3, "image_id": 20, "category_id": 7, "bbox": [5, 5, 0, 10], "iscrowd": 0},  # zero width
+        ]
+    )
+    categories = (
+        categories
+        if categories is not None
+        else [{"id": 0, "name": "super"}, {"id": 3, "name": "b"}, {"id": 7, "name": "a"}]
+    )
     write_coco(tmp_path / "ann.json", images, annotations, categories)
     return str(tmp_path / "ann.json")
 
 
 def test_coco_ids_empty_categories_and_negatives(tmp_path):
-    with pytest.warns(UserWarning, match="dropped 1 degenerate box"):
+    with logs_warning("dropped 1 degenerate box"):
         ds = coco_dataset(_coco(tmp_path))
     assert ds.class_names == ["b", "a"] and ds.category_ids == [3, 7]
     assert len(ds) == 3 and len(ds.records[2].labels) == 0
@@ -175,15 +196,33 @@ def test_coco_ids_empty_categories_and_negatives(tmp_path):
     assert ds.records[1].boxes.tolist() == [[90, 70, 100, 80]]
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"annotations": [{"id": 1, "image_id": 10, "category_id": 99, "bbox": [1, 1, 5, 5]}]}, "unknown category id 99"),
-    ({"annotations": [{"id": 1, "image_id": 77, "category_id": 3, "bbox": [1, 1, 5, 5]}]}, r"image id\(s\) \[77\] missing"),
-    ({"annotations": [{"id": 1, "image_id": 10, "category_id": 3, "bbox": [1, 1, 5, 5]},
-                      {"id": 1, "image_id": 10, "category_id": 3, "bbox": [1, 1, 5, 5]}]}, r"duplicate annotation id"),
-    ({"annotations": [{"id": 1, "image_id": 10, "category_id": 3, "bbox": "oops"}]}, "malformed bbox"),
-    ({"images": [{"id": 10, "file_name": "../../outside.jpg", "width": 5, "height": 5}], "annotations": []},
-     "points outside the dataset folder"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            {"annotations": [{"id": 1, "image_id": 10, "category_id": 99, "bbox": [1, 1, 5, 5]}]},
+            "unknown category id 99",
+        ),
+        (
+            {"annotations": [{"id": 1, "image_id": 77, "category_id": 3, "bbox": [1, 1, 5, 5]}]},
+            r"image id\(s\) \[77\] missing",
+        ),
+        (
+            {
+                "annotations": [
+                    {"id": 1, "image_id": 10, "category_id": 3, "bbox": [1, 1, 5, 5]},
+                    {"id": 1, "image_id": 10, "category_id": 3, "bbox": [1, 1, 5, 5]},
+                ]
+            },
+            r"duplicate annotation id",
+        ),
+        ({"annotations": [{"id": 1, "image_id": 10, "category_id": 3, "bbox": "oops"}]}, "malformed bbox"),
+        (
+            {"images": [{"id": 10, "file_name": "../../outside.jpg", "width": 5, "height": 5}], "annotations": []},
+            "points outside the dataset folder",
+        ),
+    ],
+)
 def test_coco_bad_inputs(tmp_path, change, message):
     with pytest.raises(DatasetError, match=message):
         coco_dataset(_coco(tmp_path, **change))

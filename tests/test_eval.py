@@ -15,9 +15,15 @@ FAR = [300, 300, 320, 330]
 
 def one_class(gt, dets, difficult=None, names=("thing",)):
     ev = Evaluator(list(names))
-    ev.add("img", np.array(gt, float).reshape(-1, 4), [1] * len(gt),
-           np.array([d[0] for d in dets], float).reshape(-1, 4), [d[1] for d in dets], [1] * len(dets),
-           difficult=difficult)
+    ev.add(
+        "img",
+        np.array(gt, float).reshape(-1, 4),
+        [1] * len(gt),
+        np.array([d[0] for d in dets], float).reshape(-1, 4),
+        [d[1] for d in dets],
+        [1] * len(dets),
+        difficult=difficult,
+    )
     return ev.compute(coco=False)
 
 
@@ -95,11 +101,12 @@ def _reference_voc(images, num_classes, thr, use_07):
         for img_id, (gb, gl, gd, *_rest) in images.items():
             taken[img_id] = [False] * len(gb)
             npos += sum(1 for l, d in zip(gl, gd) if l == c and not d)
-        dets = [(s, img_id, b) for img_id, (_, _, _, db, ds, dl) in images.items()
-                for b, s, l in zip(db, ds, dl) if l == c]
+        dets = [
+            (s, img_id, b) for img_id, (_, _, _, db, ds, dl) in images.items() for b, s, l in zip(db, ds, dl) if l == c
+        ]
         dets.sort(key=lambda t: -t[0])
         tp, fp = [], []
-        for s, img_id, b in dets:
+        for _s, img_id, b in dets:
             gb, gl, gd = images[img_id][:3]
             best, jbest = -1.0, -1
             for j, (g, l) in enumerate(zip(gb, gl)):
@@ -154,8 +161,9 @@ def _random_dataset(seed, n_images=40, num_classes=4):
         use = (rng.random(m) < 0.6) & (k > 0)
         db = np.where(use[:, None], jit, rnd)
         db = np.concatenate((np.minimum(db[:, :2], db[:, 2:]), np.maximum(db[:, :2], db[:, 2:])), 1)
-        dl = np.where(use & (rng.random(m) < 0.8), gl[rng.integers(0, k, m)] if k else 1,
-                      rng.integers(1, num_classes + 1, m))
+        dl = np.where(
+            use & (rng.random(m) < 0.8), gl[rng.integers(0, k, m)] if k else 1, rng.integers(1, num_classes + 1, m)
+        )
         images[f"im{i}"] = (gb, gl, gd, db, rng.random(m), dl)
     return images
 
@@ -186,17 +194,30 @@ def test_coco_metrics_agree_with_faster_coco_eval_run_directly():
     ev = Evaluator(["x", "y", "z"], category_ids=cat_ids)
     gt = {"images": [], "annotations": [], "categories": [{"id": c, "name": n} for c, n in zip(cat_ids, "xyz")]}
     res = []
-    for i, (img_id, (gb, gl, gd, db, ds, dl)) in enumerate(images.items()):
+    for i, (img_id, (gb, gl, _gd, db, ds, dl)) in enumerate(images.items()):
         ev.add(img_id, gb, gl, db, ds, dl, image_size=(600, 600))
         gt["images"].append({"id": i + 1, "width": 600, "height": 600})
         for b, l in zip(gb, gl):
             w, h = b[2] - b[0], b[3] - b[1]
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i + 1,
-                                      "category_id": cat_ids[l - 1], "bbox": [b[0], b[1], w, h],
-                                      "area": w * h, "iscrowd": 0})
+            gt["annotations"].append(
+                {
+                    "id": len(gt["annotations"]) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat_ids[l - 1],
+                    "bbox": [b[0], b[1], w, h],
+                    "area": w * h,
+                    "iscrowd": 0,
+                }
+            )
         for b, s, l in zip(db, ds, dl):
-            res.append({"image_id": i + 1, "category_id": cat_ids[l - 1],
-                        "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]], "score": s})
+            res.append(
+                {
+                    "image_id": i + 1,
+                    "category_id": cat_ids[l - 1],
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "score": s,
+                }
+            )
     ours = ev.coco()
     coco_gt = COCO(gt)
     e = COCOeval_faster(coco_gt, coco_gt.loadRes(res), iouType="bbox")
@@ -235,8 +256,10 @@ def test_coco_files_round_trip_and_mismatched_ids(tmp_path):
         ],
         "categories": [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}, {"id": 0, "name": "empty"}],
     }
-    dets = [{"image_id": 10, "category_id": 5, "bbox": [10, 10, 40, 40], "score": 0.9},
-            {"image_id": 11, "category_id": 9, "bbox": [100, 100, 50, 60], "score": 0.8}]
+    dets = [
+        {"image_id": 10, "category_id": 5, "bbox": [10, 10, 40, 40], "score": 0.9},
+        {"image_id": 11, "category_id": 9, "bbox": [100, 100, 50, 60], "score": 0.8},
+    ]
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "det.json").write_text(json.dumps(dets))
     r = evaluate_coco_files(tmp_path / "gt.json", tmp_path / "det.json")
@@ -258,21 +281,33 @@ def test_error_breakdown_of_the_best_scored_detections_by_hand():
     # class "a": five objects and a difficult one; class "b": one object at D
     E, F, G, D = [10, 200, 50, 240], [60, 10, 90, 40], [150, 10, 190, 50], [200, 200, 240, 240]
     ev = Evaluator(["a", "b"])
-    ev.add(1, [A, B, C, E, F, G, D], [1, 1, 1, 1, 1, 1, 2],
-           [G,                   # 0.99 on the difficult object: ignored, takes no rank
-            A,                   # 0.95 true positive
-            [14, 10, 54, 50],    # 0.90 A again (IoU 1440/1760): duplicate
-            D,                   # 0.85 on the other class's object: confusion
+    ev.add(
+        1,
+        [A, B, C, E, F, G, D],
+        [1, 1, 1, 1, 1, 1, 2],
+        [
+            G,  # 0.99 on the difficult object: ignored, takes no rank
+            A,  # 0.95 true positive
+            [14, 10, 54, 50],  # 0.90 A again (IoU 1440/1760): duplicate
+            D,  # 0.85 on the other class's object: confusion
             [100, 100, 120, 160],  # 0.80 a third of B (IoU 1200/3000 = 0.4): localization
-            FAR,                 # 0.75 nothing there: background
-            B],                  # 0.70 a true positive, but ranked sixth of five counted
-           [0.99, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7], [1] * 7,
-           difficult=[False] * 5 + [True, False])
+            FAR,  # 0.75 nothing there: background
+            B,
+        ],  # 0.70 a true positive, but ranked sixth of five counted
+        [0.99, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7],
+        [1] * 7,
+        difficult=[False] * 5 + [True, False],
+    )
     r = ev.compute(coco=False)
-    assert r.errors[1] == {"tp": 1, "duplicate": 1, "localization": 1, "confusion": 1, "background": 1,
-                           "missed": 3}  # C, E and F are never found; B is found below the cut
-    assert r.errors[2] == {"tp": 0, "duplicate": 0, "localization": 0, "confusion": 0, "background": 0,
-                           "missed": 1}
+    assert r.errors[1] == {
+        "tp": 1,
+        "duplicate": 1,
+        "localization": 1,
+        "confusion": 1,
+        "background": 1,
+        "missed": 3,
+    }  # C, E and F are never found; B is found below the cut
+    assert r.errors[2] == {"tp": 0, "duplicate": 0, "localization": 0, "confusion": 0, "background": 0, "missed": 1}
     assert "localization" in r.table() and r.to_dict()["per_class"]["a"]["errors"]["missed"] == 3
 
 

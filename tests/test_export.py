@@ -1,4 +1,5 @@
 """ONNX export (network + decode + NMS in one graph) against the PyTorch detector."""
+
 import numpy as np
 import pytest
 import torch
@@ -23,7 +24,7 @@ def exported(tmp_path_factory):
 def images(n, seed=0):
     rng = np.random.default_rng(seed)
     out = []
-    for i in range(n):
+    for _i in range(n):
         im, _, _ = shapes_image(rng, width=int(rng.integers(120, 400)), height=int(rng.integers(100, 300)), n=4)
         out.append(np.clip(im + rng.normal(0, 10, im.shape), 0, 255).astype(np.uint8))  # texture, as photos have
     return out
@@ -40,8 +41,12 @@ def assert_same(a, b, max_det=200):
         np.testing.assert_allclose(np.sort(x.scores), np.sort(y.scores), atol=1e-4, rtol=0)
         used = np.zeros(len(y), bool)
         for box, score, label in zip(x.boxes, x.scores, x.labels):
-            ok = (~used & (y.labels == label) & (np.abs(y.boxes - box).max(1) <= 1e-3)
-                  & (np.abs(y.scores - score) <= 1e-4))
+            ok = (
+                ~used
+                & (y.labels == label)
+                & (np.abs(y.boxes - box).max(1) <= 1e-3)
+                & (np.abs(y.scores - score) <= 1e-4)
+            )
             if ok.any():
                 used[np.argmax(ok)] = True
             else:
@@ -152,8 +157,10 @@ def test_onnx_export_carries_test_time_mirroring(tmp_path, mode):
     assert_same(ref, onnx_det.predict(ims, batch_size=2))
     det.tta = "none"
     single = det.predict(ims, batch_size=2)
-    assert any(len(a) != len(b) or not np.allclose(np.sort(a.scores)[-5:], np.sort(b.scores)[-5:], atol=1e-3)
-               for a, b in zip(ref, single))
+    assert any(
+        len(a) != len(b) or not np.allclose(np.sort(a.scores)[-5:], np.sort(b.scores)[-5:], atol=1e-3)
+        for a, b in zip(ref, single)
+    )
 
 
 def test_onnx_export_carries_box_voting(tmp_path):

@@ -1,5 +1,6 @@
 """torchvision ssd300_vgg16 import: a state dict with torchvision's real key names and shapes,
 run through an independent functional transcription of torchvision's forward."""
+
 import math
 
 import pytest
@@ -9,8 +10,18 @@ import torch.nn.functional as F
 from multibox.inference.checkpoint import load_checkpoint, model_from_checkpoint
 from multibox.inference.interop import convert_torchvision_ssd300, import_torchvision_ssd300, ssd300_from_torchvision
 
-VGG_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256),
-             (14, 256, 256), (17, 256, 512), (19, 512, 512), (21, 512, 512)]
+VGG_CONVS = [
+    (0, 3, 64),
+    (2, 64, 64),
+    (5, 64, 128),
+    (7, 128, 128),
+    (10, 128, 256),
+    (12, 256, 256),
+    (14, 256, 256),
+    (17, 256, 512),
+    (19, 512, 512),
+    (21, 512, 512),
+]
 EXTRAS = [(1024, 256, 512), (512, 128, 256), (256, 128, 256), (256, 128, 256)]  # in, mid, out
 HEAD_IN = [512, 1024, 512, 256, 256, 256]
 ANCHORS = [4, 6, 6, 6, 4, 4]
@@ -22,7 +33,9 @@ def torchvision_state_dict(num_logits: int = 91, seed: int = 0) -> dict:
 
     def conv(out_c, in_c, k):
         fan = in_c * k * k
-        return torch.randn(out_c, in_c, k, k, generator=g) * math.sqrt(2.0 / fan), torch.randn(out_c, generator=g) * 0.01
+        return torch.randn(out_c, in_c, k, k, generator=g) * math.sqrt(2.0 / fan), torch.randn(
+            out_c, generator=g
+        ) * 0.01
 
     sd = {}
     for i, cin, cout in VGG_CONVS:
@@ -73,7 +86,9 @@ def torchvision_forward(sd: dict, images: torch.Tensor):
     def head(kind, cols):
         outs = []
         for k, f in enumerate(feats):
-            r = F.conv2d(f, sd[f"head.{kind}.module_list.{k}.weight"], sd[f"head.{kind}.module_list.{k}.bias"], padding=1)
+            r = F.conv2d(
+                f, sd[f"head.{kind}.module_list.{k}.weight"], sd[f"head.{kind}.module_list.{k}.bias"], padding=1
+            )
             n, _, h, w = r.shape
             outs.append(r.view(n, -1, cols, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, cols))
         return torch.cat(outs, 1)

@@ -26,8 +26,12 @@ def test_depthwise_conv_trains_forward_in_bf16_and_backward_in_float32(stride, b
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = dw(xb)
         assert out.dtype == torch.bfloat16  # like every other convolution under autocast
-        assert torch.equal(out, F.conv2d(xb.detach(), dw.weight.bfloat16(), None if dw.bias is None else dw.bias.bfloat16(),
-                                         stride, 1, 1, 8))
+        assert torch.equal(
+            out,
+            F.conv2d(
+                xb.detach(), dw.weight.bfloat16(), None if dw.bias is None else dw.bias.bfloat16(), stride, 1, 1, 8
+            ),
+        )
     grad = torch.randn_like(out)
     out.backward(grad)
     # the same weight and bias gradients as float32 on the widened tensors

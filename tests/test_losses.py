@@ -137,8 +137,8 @@ def test_prior_probability_bias():
 
 
 def test_background_loss_equals_log_softmax_including_extreme_logits_and_chunk_edges():
-    from multibox.core.losses import background_loss
     from multibox._kernels.rowsums import ROWS_PER_CHUNK as _ROWS_PER_CHUNK
+    from multibox.core.losses import background_loss
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(_ROWS_PER_CHUNK + 37, 5, generator=g) * 4  # a partial last chunk
@@ -153,16 +153,22 @@ def test_background_loss_equals_log_softmax_including_extreme_logits_and_chunk_e
 
 
 def test_hard_negatives_break_ties_by_prior_index_per_image(mining):
-    conf = torch.tensor([[5.0, 2.0, 2.0, 2.0, 2.0, 1.0, 9.0],
-                         [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0],
-                         [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]])
-    pos = torch.tensor([[True, False, False, False, False, False, False],
-                        [False, False, False, True, False, False, False],
-                        [False, False, False, False, False, False, False]])  # no positive: no negative
+    conf = torch.tensor(
+        [[5.0, 2.0, 2.0, 2.0, 2.0, 1.0, 9.0], [2.0, 2.0, 2.0, 2.0, 2.0, 2.0, 2.0], [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]]
+    )
+    pos = torch.tensor(
+        [
+            [True, False, False, False, False, False, False],
+            [False, False, False, True, False, False, False],
+            [False, False, False, False, False, False, False],
+        ]
+    )  # no positive: no negative
     neg = hard_negative_mask(conf, pos, 2)
-    assert neg.tolist() == [[False, True, False, False, False, False, True],  # 9, then the first 2.0
-                            [True, True, False, False, False, False, False],
-                            [False] * 7]
+    assert neg.tolist() == [
+        [False, True, False, False, False, False, True],  # 9, then the first 2.0
+        [True, True, False, False, False, False, False],
+        [False] * 7,
+    ]
 
 
 def _sorted_negatives(conf, pos, ratio):

@@ -191,7 +191,9 @@ def test_candidate_pairs_lose_nothing_on_many_shapes(thr, prior_set):
     assert torch.equal(got.object_index, expected)
     assert torch.equal(got.labels, torch.where(expected >= 0, torch.gather(labels, 1, expected.clamp(min=0)), 0))
     # boxes: the matched object's box, zeros for background
-    want = torch.where((expected >= 0).unsqueeze(-1), torch.gather(gt, 1, expected.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)), 0.0)
+    want = torch.where(
+        (expected >= 0).unsqueeze(-1), torch.gather(gt, 1, expected.clamp(min=0).unsqueeze(-1).expand(-1, -1, 4)), 0.0
+    )
     assert torch.equal(got.boxes, want)
 
 
@@ -206,6 +208,7 @@ def test_repeated_matching_with_the_same_priors_reuses_nothing_stale():
 
 
 # --- ATSS ---------------------------------------------------------------------------------
+
 
 def _two_maps():
     """A 4x4 grid of 0.25 squares (priors 0-15) and a 2x2 grid of 0.5 squares (16-19)."""
@@ -254,7 +257,7 @@ def _reference_atss(gt, labels, priors, level_sizes, top_k):
             centre = (box[:2] + box[2:]) / 2
             cand, start = [], 0
             for size in level_sizes:
-                d = np.sqrt(((pr[start:start + size, :2] - centre) ** 2).sum(1))
+                d = np.sqrt(((pr[start : start + size, :2] - centre) ** 2).sum(1))
                 cand += list(np.argsort(d, kind="stable")[:top_k] + start)
                 start += size
             cand = np.array(cand)
@@ -289,7 +292,9 @@ def test_atss_equals_a_per_object_loop(seed):
     got = match_atss(gt, labels, priors, sizes, top_k=5)
     want, outside = _reference_atss(gt, labels, priors, sizes, 5)
     assert torch.equal(got.object_index, torch.from_numpy(want))
-    assert torch.equal(got.labels, torch.where(got.object_index >= 0, labels.gather(1, got.object_index.clamp(min=0)), 0))
+    assert torch.equal(
+        got.labels, torch.where(got.object_index >= 0, labels.gather(1, got.object_index.clamp(min=0)), 0)
+    )
     assert (got.labels[3] == 0).all() and (got.object_index[1] < 7).all()
     assert outside > 0  # the centre-inside rule had something to reject
 

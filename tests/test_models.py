@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from multibox import create_model, list_models
-from multibox.models import offline_kwargs
 from multibox.core.losses import FocalLoss, MultiBoxLoss
+from multibox.models import offline_kwargs
 from multibox.models.backbones.efficientnet import EfficientNetLite, lite_stages, lite_weights_path, load_lite_weights
 from multibox.models.backbones.resnet import ResNet, load_resnet_weights
 from multibox.models.backbones.vgg import convert_vgg16_imagenet

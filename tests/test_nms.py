@@ -95,8 +95,16 @@ def test_postprocess_equals_per_class_reference(seed):
 def test_vote_boxes_by_hand():
     # group 0: a kept box and two it suppressed (IoU 0.6 and 0.8), one far away (IoU 0) that
     # does not vote; group 1: a box at the same place votes only in its own group.
-    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 6.0], [0.0, 0.0, 10.0, 8.0],
-                          [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 10.0, 10.0], [2.0, 2.0, 12.0, 12.0]])
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],
+            [0.0, 0.0, 10.0, 6.0],
+            [0.0, 0.0, 10.0, 8.0],
+            [20.0, 20.0, 30.0, 30.0],
+            [0.0, 0.0, 10.0, 10.0],
+            [2.0, 2.0, 12.0, 12.0],
+        ]
+    )
     scores = torch.tensor([0.9, 0.6, 0.3, 0.8, 0.5, 0.4])
     group = torch.tensor([0, 0, 0, 0, 1, 1])
     voted = vote_boxes(boxes, scores, group, torch.tensor([0, 3, 4]), 0.5)
@@ -105,12 +113,14 @@ def test_vote_boxes_by_hand():
     assert torch.equal(voted[1], boxes[3])  # alone in its neighbourhood: unchanged
     # box 5 overlaps box 4 by 64 / 136 = 0.47 < 0.5: it does not vote
     assert torch.equal(voted[2], boxes[4])
-    assert torch.allclose(vote_boxes(boxes, scores, group, torch.tensor([4]), 0.45)[0],
-                          (0.5 * boxes[4] + 0.4 * boxes[5]) / 0.9)
+    assert torch.allclose(
+        vote_boxes(boxes, scores, group, torch.tensor([4]), 0.45)[0], (0.5 * boxes[4] + 0.4 * boxes[5]) / 0.9
+    )
     # a kept box of no area overlaps nothing, not even itself, and keeps its coordinates
     flat = torch.tensor([[1.0, 1.0, 1.0, 5.0], [0.0, 0.0, 2.0, 5.0]])
-    assert torch.equal(vote_boxes(flat, torch.tensor([0.5, 0.4]), torch.zeros(2, dtype=torch.long),
-                                  torch.tensor([0]), 0.45), flat[:1])
+    assert torch.equal(
+        vote_boxes(flat, torch.tensor([0.5, 0.4]), torch.zeros(2, dtype=torch.long), torch.tensor([0]), 0.45), flat[:1]
+    )
 
 
 @pytest.mark.parametrize("crowded", [False, True])
@@ -306,7 +316,7 @@ def _awkward_groups(seed: int, num_groups: int = 60):
         if n > 3:
             b[1] = b[0]  # a duplicate
             b[2, 2] = b[2, 0]  # zero width
-            half = 0.5 * (0.47 ** 0.5)  # nested: IoU = area ratio 0.47, just above t
+            half = 0.5 * (0.47**0.5)  # nested: IoU = area ratio 0.47, just above t
             c, s = (b[0, :2] + b[0, 2:]) / 2, (b[0, 2:] - b[0, :2])
             b[3] = torch.cat([c - half * s, c + half * s])
         if gi % 7 == 3:

@@ -1,4 +1,5 @@
 """multibox predict: sources, outputs (pictures, text, COCO results JSON), failures, video."""
+
 import json
 import os
 
@@ -48,7 +49,9 @@ def test_expand_sources(tmp_path):
     paths = write_images(tmp_path / "a" / "b", 3)
     (tmp_path / "a" / "notes.txt").write_text("x")
     (tmp_path / "clip.avi").write_bytes(b"")
-    images, videos = expand_sources([str(tmp_path / "a"), str(tmp_path / "a" / "b" / "*.png"), str(tmp_path / "clip.avi")])
+    images, videos = expand_sources(
+        [str(tmp_path / "a"), str(tmp_path / "a" / "b" / "*.png"), str(tmp_path / "clip.avi")]
+    )
     assert images == sorted(paths) + sorted(p for p in paths if p.endswith(".png"))
     assert videos == [str(tmp_path / "clip.avi")]
     with pytest.raises(FileNotFoundError, match="nothing_here"):
@@ -65,7 +68,9 @@ def test_predict_writes_one_result_per_image_and_lists_failures(detector, tmp_pa
     s = predict_files(detector, [str(tmp_path / "in")], str(out), conf=0.2, batch_size=3, progress=False)
     assert s.images == 7 and len(s.failed) == 2
     assert {os.path.basename(p) for p, _ in s.failed} == {"broken.jpg", "empty.png"}
-    assert sorted(os.listdir(out / "images")) == sorted(os.path.splitext(os.path.basename(p))[0] + ".jpg" for p in paths)
+    assert sorted(os.listdir(out / "images")) == sorted(
+        os.path.splitext(os.path.basename(p))[0] + ".jpg" for p in paths
+    )
     assert len(os.listdir(out / "labels")) == 7
     meta = json.loads((out / "images.json").read_text())
     assert [im["file_name"] for im in meta["images"]] == sorted(paths)
@@ -73,7 +78,9 @@ def test_predict_writes_one_result_per_image_and_lists_failures(detector, tmp_pa
     assert len(dets) == s.detections == sum(s.per_class.values())
     # the JSON, the text files and the API agree for one image
     first = detector.predict(sorted(paths)[0], conf=0.2)[0]
-    lines = (out / "labels" / (os.path.splitext(os.path.basename(sorted(paths)[0]))[0] + ".txt")).read_text().splitlines()
+    lines = (
+        (out / "labels" / (os.path.splitext(os.path.basename(sorted(paths)[0]))[0] + ".txt")).read_text().splitlines()
+    )
     assert len(lines) == len(first) == sum(d["image_id"] == 1 for d in dets)
     if len(first):
         name, score, *box = lines[0].split()
@@ -116,8 +123,20 @@ def test_predict_cli_with_checkpoint_and_onnx(tmp_path, capsys):
     assert main(["predict", ckpt, str(tmp_path / "in"), "--out", str(tmp_path / "pt"), "--conf", "0.2"]) == 0
     assert "3 images" in capsys.readouterr().out
     assert main(["export", ckpt, "--out", str(tmp_path / "m.onnx")]) == 0
-    assert main(["predict", str(tmp_path / "m.onnx"), str(tmp_path / "in"), "--out", str(tmp_path / "onnx"),
-                 "--conf", "0.2"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "m.onnx"),
+                str(tmp_path / "in"),
+                "--out",
+                str(tmp_path / "onnx"),
+                "--conf",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     a = json.loads((tmp_path / "pt" / "detections.json").read_text())
     b = json.loads((tmp_path / "onnx" / "detections.json").read_text())
     assert len(a) == len(b)
@@ -132,8 +151,10 @@ def predict_with_each(tmp_path, capsys, flag, modes, onnx_mode):
     write_images(tmp_path / "in", 2)
     runs = {}
     for mode in modes:
-        assert main(["predict", ckpt, str(tmp_path / "in"), "--out", str(tmp_path / mode), "--conf", "0.2",
-                     flag, mode]) == 0
+        assert (
+            main(["predict", ckpt, str(tmp_path / "in"), "--out", str(tmp_path / mode), "--conf", "0.2", flag, mode])
+            == 0
+        )
         runs[mode] = json.loads((tmp_path / mode / "detections.json").read_text())
     assert main(["export", ckpt, "--out", str(tmp_path / "m.onnx")]) == 0
     capsys.readouterr()

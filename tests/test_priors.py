@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from multibox.core.priors import grid_feature_maps, linear_scales, make_priors, ssd300_priors, ssd512_priors, ssd_feature_maps
+from multibox.core.priors import (
+    grid_feature_maps,
+    linear_scales,
+    make_priors,
+    ssd300_priors,
+    ssd512_priors,
+    ssd_feature_maps,
+)
 
 
 def test_ssd300_count_and_hand_coordinates():

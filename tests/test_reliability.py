@@ -1,5 +1,6 @@
 """Reliability: a corpus of bad inputs (made here, never committed), fuzzing of the box
 pipeline, SIGKILL during training and checkpoint writing, hostile files, many images."""
+
 import io
 import json
 import os
@@ -16,18 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from helpers import make_checkpoint, shapes_image, voc_xml, write_coco
+from helpers import logs_warning, make_checkpoint, shapes_image, voc_xml, write_coco
 from multibox.core.boxes import box_iou
+from multibox.core.losses import FocalLoss, MultiBoxLoss
+from multibox.core.matching import match_priors
+from multibox.core.postprocess import postprocess
+from multibox.core.priors import make_priors, ssd_feature_maps
 from multibox.data.base import DatasetError
 from multibox.data.coco import coco_dataset
 from multibox.data.image import ImageReadError, read_image
 from multibox.data.transforms import SSDTransform, collate
 from multibox.data.voc import voc_dataset
 from multibox.inference.checkpoint import load_checkpoint
-from multibox.core.losses import FocalLoss, MultiBoxLoss
-from multibox.core.matching import match_priors
-from multibox.core.postprocess import postprocess
-from multibox.core.priors import make_priors, ssd_feature_maps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,7 +54,7 @@ def write_image_corpus(folder):
         f.write("this is not an image\n")
     rgb = rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)
     Image.fromarray(np.dstack([rgb, np.full((90, 120), 100, np.uint8)])).save(os.path.join(folder, "alpha.png"))
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(os.path.join(folder, "deep16.png"))
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(os.path.join(folder, "deep16.png"))
     Image.fromarray(rgb[..., 0]).save(os.path.join(folder, "gray.jpg"))
     Image.fromarray(rgb).convert("CMYK").save(os.path.join(folder, "cmyk.jpg"))
     img = Image.fromarray(rng.integers(0, 255, (120, 90, 3), dtype=np.uint8))  # stored 90 wide, 120 tall
@@ -82,7 +83,7 @@ def test_image_corpus_each_case_has_its_defined_behaviour(tmp_path):
         if behaviour.startswith("error: "):
             with pytest.raises(ImageReadError) as e:
                 read_image(path)
-            assert name in str(e.value) and behaviour[len("error: "):] in str(e.value), (name, str(e.value))
+            assert name in str(e.value) and behaviour[len("error: ") :] in str(e.value), (name, str(e.value))
         else:
             im = read_image(path)
             assert im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3, name
@@ -104,18 +105,31 @@ def annotated_corpus(root):
     for i in range(4):
         im, boxes, classes = shapes_image(rng, 120, 90)
         Image.fromarray(im).save(os.path.join(root, "JPEGImages", f"good{i}.jpg"))
-        add(f"good{i}", f"good{i}.jpg", [(["red", "green", "blue", "yellow"][c], b.astype(int).tolist(), False)
-                                         for b, c in zip(boxes, classes)])
+        add(
+            f"good{i}",
+            f"good{i}.jpg",
+            [(["red", "green", "blue", "yellow"][c], b.astype(int).tolist(), False) for b, c in zip(boxes, classes)],
+        )
     corpus = os.path.join(root, "corpus")
     write_image_corpus(corpus)
     for name in ("alpha.png", "deep16.png", "gray.jpg", "cmyk.jpg", "exif.jpg", "truncated.jpg"):
         os.replace(os.path.join(corpus, name), os.path.join(root, "JPEGImages", name))
         add(os.path.splitext(name)[0], name, [("red", [10, 10, 60, 50], False)])
     # box problems: negative / out-of-image (clipped), reversed and zero-area (dropped, counted)
-    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(os.path.join(root, "JPEGImages", "boxes.jpg"))
-    add("boxes", "boxes.jpg", [("red", [-20, -5, 40, 30], False), ("green", [100, 60, 400, 300], False),
-                               ("blue", [80, 10, 20, 40], False), ("yellow", [5, 5, 5, 40], False),
-                               ("octopus", [10, 10, 30, 30], False)])
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(
+        os.path.join(root, "JPEGImages", "boxes.jpg")
+    )
+    add(
+        "boxes",
+        "boxes.jpg",
+        [
+            ("red", [-20, -5, 40, 30], False),
+            ("green", [100, 60, 400, 300], False),
+            ("blue", [80, 10, 20, 40], False),
+            ("yellow", [5, 5, 5, 40], False),
+            ("octopus", [10, 10, 30, 30], False),
+        ],
+    )
     with open(os.path.join(root, "ImageSets", "Main", "train.txt"), "w") as f:
         f.write("\n".join(ids) + "\n")
     return root
@@ -139,14 +153,20 @@ def test_annotated_corpus_trains_with_finite_loss_and_counted_warnings(tmp_path)
     # ... or, with skip_bad, replaced by the next readable image and warned about
     ds.skip_bad = True
     train = ds.with_transform(SSDTransform((128, 128), train=True, seed=0))
-    with pytest.warns(UserWarning, match=r"skipped an unreadable image.*truncated.jpg"):
+    with logs_warning(r"skipped an unreadable image.*truncated.jpg"):
         samples = [train[i] for i in range(len(train))]
     batch = collate(samples)
     assert batch["images"].shape == (len(ds), 3, 128, 128)
     from multibox.models import create_model
 
-    model = create_model("ssdlite_effl0", num_classes=4, pretrained_backbone=False, image_size=128,
-                         feature_strides=[16, 32], extra_channels=[128, 64])
+    model = create_model(
+        "ssdlite_effl0",
+        num_classes=4,
+        pretrained_backbone=False,
+        image_size=128,
+        feature_strides=[16, 32],
+        extra_channels=[128, 64],
+    )
     loc, logits = model(batch["images"].float())
     out = MultiBoxLoss(model.priors)(loc, logits, batch["boxes"], batch["labels"])
     assert torch.isfinite(out.loss) and out.num_positives > 0
@@ -167,19 +187,25 @@ def test_voc_annotation_corpus_errors_name_file_and_problem(tmp_path):
             f.write(text)
         with pytest.raises(DatasetError, match=message):
             voc_dataset(root, "train", ["red", "green", "blue", "yellow"])
-        with pytest.warns(UserWarning, match=r"skipped 1 unreadable or malformed file.*good0.xml"):
+        with logs_warning(r"skipped 1 unreadable or malformed file.*good0.xml"):
             voc_dataset(root, "train", ["red", "green", "blue", "yellow"], skip_bad=True)
 
 
 def test_coco_corpus(tmp_path):
     for i in (1, 2):
         Image.new("RGB", (100, 80)).save(tmp_path / f"{i}.jpg")
-    images = [{"id": 1, "file_name": "1.jpg", "width": 100, "height": 80},
-              {"id": 2, "file_name": "2.jpg", "width": 100, "height": 80}]
+    images = [
+        {"id": 1, "file_name": "1.jpg", "width": 100, "height": 80},
+        {"id": 2, "file_name": "2.jpg", "width": 100, "height": 80},
+    ]
     cats = [{"id": 5, "name": "a"}]
     good = {"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 20, 20]}
     cases = [
-        ([good, {"id": 2, "image_id": 9, "category_id": 5, "bbox": [1, 1, 5, 5]}], images, r"image id\(s\) \[9\] missing"),
+        (
+            [good, {"id": 2, "image_id": 9, "category_id": 5, "bbox": [1, 1, 5, 5]}],
+            images,
+            r"image id\(s\) \[9\] missing",
+        ),
         ([good, {"id": 2, "image_id": 1, "category_id": 8, "bbox": [1, 1, 5, 5]}], images, "unknown category id 8"),
         ([good, dict(good)], images, "duplicate annotation id"),
         ([good], images + [dict(images[0])], "duplicate image id"),
@@ -189,8 +215,10 @@ def test_coco_corpus(tmp_path):
         with pytest.raises(DatasetError, match=message) as e:
             coco_dataset(str(tmp_path / "ann.json"))
         assert "ann.json" in str(e.value)
-    write_coco(tmp_path / "ann.json", images, [good, {"id": 2, "image_id": 2, "category_id": 5, "bbox": [5, 5, 0, 9]}], cats)
-    with pytest.warns(UserWarning, match=r"dropped 1 degenerate box.*2.jpg"):
+    write_coco(
+        tmp_path / "ann.json", images, [good, {"id": 2, "image_id": 2, "category_id": 5, "bbox": [5, 5, 0, 9]}], cats
+    )
+    with logs_warning(r"dropped 1 degenerate box.*2.jpg"):
         ds = coco_dataset(str(tmp_path / "ann.json"))
     assert len(ds.records[1].labels) == 0
 
@@ -200,9 +228,11 @@ def test_coco_corpus(tmp_path):
 PRIORS = make_priors(ssd_feature_maps([8, 4, 2, 1], [0.1, 0.3, 0.5, 0.7, 0.9], [[2], [2, 3], [2], [2]]))
 
 box = st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(1e-4, 1), st.floats(1e-4, 1)).map(
-    lambda t: [t[0] * (1 - t[2]), t[1] * (1 - t[3]), t[0] * (1 - t[2]) + t[2], t[1] * (1 - t[3]) + t[3]])
+    lambda t: [t[0] * (1 - t[2]), t[1] * (1 - t[3]), t[0] * (1 - t[2]) + t[2], t[1] * (1 - t[3]) + t[3]]
+)
 image_targets = st.lists(st.tuples(box, st.integers(1, 3)), min_size=0, max_size=25).flatmap(
-    lambda objs: st.just(objs + objs[:2]))  # duplicates of the first two boxes, when there are any
+    lambda objs: st.just(objs + objs[:2])
+)  # duplicates of the first two boxes, when there are any
 
 
 @settings(max_examples=60, deadline=None)
@@ -230,16 +260,23 @@ def test_fuzz_matching_and_losses_stay_finite(targets, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 3), st.floats(0.0, 8.0), st.floats(0.1, 0.9), st.integers(1, 50), st.integers(0, 2**31 - 1),
-       st.sampled_from(["softmax", "sigmoid"]))
+@given(
+    st.integers(1, 3),
+    st.floats(0.0, 8.0),
+    st.floats(0.1, 0.9),
+    st.integers(1, 50),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(["softmax", "sigmoid"]),
+)
 def test_fuzz_postprocess_invariants(n, spread, iou_t, max_det, seed, score_type):
     g = torch.Generator().manual_seed(seed)
     p = PRIORS.shape[0]
     loc = torch.randn(n, p, 4, generator=g) * spread  # up to absurd offsets (clamped decode)
     logits = torch.randn(n, p, 4 if score_type == "softmax" else 3, generator=g) * spread
     sizes = torch.randint(20, 2000, (n, 2), generator=g).float()
-    det = postprocess(loc, logits, PRIORS, score_type=score_type, iou_threshold=iou_t, max_detections=max_det,
-                      image_sizes=sizes)
+    det = postprocess(
+        loc, logits, PRIORS, score_type=score_type, iou_threshold=iou_t, max_detections=max_det, image_sizes=sizes
+    )
     for i in range(n):
         k = int(det.num[i])
         assert k <= max_det
@@ -247,7 +284,12 @@ def test_fuzz_postprocess_invariants(n, spread, iou_t, max_det, seed, score_type
         assert torch.isfinite(b).all() and (s > 0.01).all() and (s <= 1).all()
         assert (s[:-1] >= s[1:]).all()  # sorted
         h, w = sizes[i].tolist()
-        assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= w + 1e-3).all() and (b[:, 3] <= h + 1e-3).all()
+        assert (
+            (b[:, 0] >= 0).all()
+            and (b[:, 1] >= 0).all()
+            and (b[:, 2] <= w + 1e-3).all()
+            and (b[:, 3] <= h + 1e-3).all()
+        )
         assert (b[:, 2] >= b[:, 0]).all() and (b[:, 3] >= b[:, 1]).all()
         assert ((lab >= 1) & (lab <= 3)).all()
         for c in lab.unique():
@@ -293,16 +335,29 @@ RUNNER = textwrap.dedent("""
 
 def tiny_overrides(root, out, epochs):
     kw = "{image_size: 128, feature_strides: [16, 32], extra_channels: [128, 64], pretrained_backbone: false}"
-    return [f"data.root={root}", "data.val=null", "data.test=null", "data.workers=0", "model.name=ssdlite_effl0",
-            f"model.kwargs={kw}", "train.batch_size=4", f"train.epochs={epochs}", "train.lr=0.01",
-            "train.warmup_iters=2", "train.eval_every=0", "train.threads=2", f"out_dir={out}"]
+    return [
+        f"data.root={root}",
+        "data.val=null",
+        "data.test=null",
+        "data.workers=0",
+        "model.name=ssdlite_effl0",
+        f"model.kwargs={kw}",
+        "train.batch_size=4",
+        f"train.epochs={epochs}",
+        "train.lr=0.01",
+        "train.warmup_iters=2",
+        "train.eval_every=0",
+        "train.threads=2",
+        f"out_dir={out}",
+    ]
 
 
 def run_until(script, predicate):
     """Run ``script``; SIGKILL it at the first stdout line for which ``predicate`` is true."""
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env
+    )
     killed = False
     for line in proc.stdout:
         if predicate(line.strip()):
@@ -334,6 +389,7 @@ def test_sigkill_at_random_points_never_loses_the_checkpoint(tmp_path):
         def hit(line):
             seen["k"] += line.startswith(prefix)
             return line.startswith(prefix) and seen["k"] == n
+
         return hit
 
     plans = [
@@ -385,8 +441,12 @@ def test_annotation_paths_cannot_escape_the_dataset_root(tmp_path):
         f.write(voc_xml("../../secret.jpg", 10, 10, [("red", [1, 1, 5, 5], False)]))
     ds = voc_dataset(root, "train")  # VOC: the image is JPEGImages/<id>.jpg whatever <filename> says
     assert all(os.path.realpath(r.image_path).startswith(os.path.realpath(root)) for r in ds.records)
-    write_coco(tmp_path / "voc" / "ann.json", [{"id": 1, "file_name": "../secret.jpg", "width": 10, "height": 10}],
-               [], [{"id": 1, "name": "a"}])
+    write_coco(
+        tmp_path / "voc" / "ann.json",
+        [{"id": 1, "file_name": "../secret.jpg", "width": 10, "height": 10}],
+        [],
+        [{"id": 1, "name": "a"}],
+    )
     with pytest.raises(DatasetError, match="outside the dataset folder"):
         coco_dataset(str(tmp_path / "voc" / "ann.json"))
 
@@ -412,7 +472,7 @@ def test_predict_1000_images_bounded_memory_one_result_each(tmp_path):
     script = textwrap.dedent(f"""
         import sys
         from multibox.cli import main
-        rc = main(["predict", {ckpt!r}, {str(folder)!r}, "--out", {str(tmp_path / 'out')!r}, "--conf", "0.5",
+        rc = main(["predict", {ckpt!r}, {str(folder)!r}, "--out", {str(tmp_path / "out")!r}, "--conf", "0.5",
                    "--batch-size", "16"])
         # VmHWM: this process's own peak (ru_maxrss would include the parent's at fork time)
         hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]

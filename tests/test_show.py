@@ -1,4 +1,5 @@
 """multibox show: ground truth drawn into a grid, after augmentation, beside predictions."""
+
 import cv2
 import numpy as np
 import pytest
@@ -45,7 +46,7 @@ def test_augmented_boxes_stay_on_their_rectangles(shapes):
         assert image.shape == (160, 160, 3)
         for b, lbl in zip(boxes, labels):
             x1, y1, x2, y2 = np.round(b).astype(int)
-            inner = image[y1 + 2:y2 - 2, x1 + 2:x2 - 2]
+            inner = image[y1 + 2 : y2 - 2, x1 + 2 : x2 - 2]
             if inner.size:
                 assert has_color(inner, COLORS[NAMES.index(NAMES[lbl - 1])], tol=60)
     grid = show_dataset(ds, n=3, augment=aug)
@@ -61,12 +62,46 @@ def test_predictions_beside_ground_truth(shapes, tmp_path):
 
 def test_show_cli(shapes, tmp_path, capsys):
     out = tmp_path / "grid.jpg"
-    rc = main(["show", "-c", "demo_bccd", "--data", shapes, "--split", "train", "--augment", "-n", "4",
-               "--out", str(out), "data.class_names=[red, green, blue, yellow]",
-               "model.kwargs={image_size: 160, pretrained_backbone: false}"])
+    rc = main(
+        [
+            "show",
+            "-c",
+            "demo_bccd",
+            "--data",
+            shapes,
+            "--split",
+            "train",
+            "--augment",
+            "-n",
+            "4",
+            "--out",
+            str(out),
+            "data.class_names=[red, green, blue, yellow]",
+            "model.kwargs={image_size: 160, pretrained_backbone: false}",
+        ]
+    )
     assert rc == 0 and cv2.imread(str(out)) is not None
     assert "after training augmentation" in capsys.readouterr().out
     ckpt = make_checkpoint(tmp_path / "m.pt", class_names=NAMES)
-    assert main(["show", "--checkpoint", ckpt, "--predict", "-c", "demo_bccd", "--data", shapes, "--split", "train",
-                 "--out", str(tmp_path / "p.jpg"), "-n", "2"]) == 0
+    assert (
+        main(
+            [
+                "show",
+                "--checkpoint",
+                ckpt,
+                "--predict",
+                "-c",
+                "demo_bccd",
+                "--data",
+                shapes,
+                "--split",
+                "train",
+                "--out",
+                str(tmp_path / "p.jpg"),
+                "-n",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert main(["show", "--out", str(out)]) == 2

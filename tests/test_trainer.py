@@ -8,19 +8,32 @@ import torch
 
 from helpers import make_voc
 from multibox.config import load_config
-from multibox.inference.checkpoint import load_checkpoint, model_from_checkpoint
 from multibox.engine.trainer import Trainer, TrainingError, clip_grad_norm, lr_factor, make_sgd, param_groups
+from multibox.inference.checkpoint import load_checkpoint, model_from_checkpoint
 
 TINY = {"image_size": 128, "feature_strides": [16, 32], "extra_channels": [128, 64], "pretrained_backbone": False}
 
 
 def tiny_config(root, out, *extra):
-    return load_config(None, [
-        f"data.root={root}", "data.val=null", "data.test=null", "data.workers=0",
-        "model.name=ssdlite_effl0", f"model.kwargs={TINY}",
-        "train.batch_size=4", "train.epochs=2", "train.lr=0.01", "train.warmup_iters=2",
-        "train.eval_every=0", "train.threads=2", f"out_dir={out}", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.val=null",
+            "data.test=null",
+            "data.workers=0",
+            "model.name=ssdlite_effl0",
+            f"model.kwargs={TINY}",
+            "train.batch_size=4",
+            "train.epochs=2",
+            "train.lr=0.01",
+            "train.warmup_iters=2",
+            "train.eval_every=0",
+            "train.threads=2",
+            f"out_dir={out}",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +63,10 @@ def test_no_weight_decay_on_biases_and_norms():
 
 def test_fused_sgd_and_clipping_match_pytorchs_loop_bit_for_bit():
     torch.manual_seed(0)
-    nets = [torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1)) for _ in range(2)]
+    nets = [
+        torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1))
+        for _ in range(2)
+    ]
     nets[1].load_state_dict(nets[0].state_dict())
     ours = make_sgd(param_groups(nets[0], 1e-4), 0.01, 0.9, torch.device("cpu"))
     ref = torch.optim.SGD(param_groups(nets[1], 1e-4), lr=0.01, momentum=0.9, foreach=False)
@@ -134,8 +150,11 @@ def test_weight_average_is_what_checkpoints_and_validation_use(voc_root, tmp_pat
     assert ckpt["ema_updates"] == tr.step
     assert all(torch.equal(ckpt["train_model"][k], raw[k]) for k in raw)
     assert all(torch.equal(ckpt["model"][k], avg[k]) for k in avg)
-    key = "head.classification.0.1.weight" if "head.classification.0.1.weight" in raw else next(
-        k for k in raw if k.startswith("head.") and k.endswith("weight"))
+    key = (
+        "head.classification.0.1.weight"
+        if "head.classification.0.1.weight" in raw
+        else next(k for k in raw if k.startswith("head.") and k.endswith("weight"))
+    )
     assert not torch.equal(raw[key], avg[key])  # two updates at d = 2/11 and 3/12 already differ
     model, _ = model_from_checkpoint(ckpt)
     assert all(torch.equal(model.state_dict()[k], avg[k]) for k in avg)
@@ -168,7 +187,7 @@ def test_validation_keeps_the_best_checkpoint(voc_root, tmp_path):
     assert load_checkpoint(tmp_path / "best.pt")["best"] == max(h["val_mAP50"] for h in tr.history)
 
 
-DDP_SCRIPT = r'''
+DDP_SCRIPT = r"""
 import os, sys, torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from multibox.config import load_config
@@ -185,19 +204,40 @@ tr.train_step(batch)
 if tr.rank == 0:
     torch.save({"grads": {n: p.grad for n, p in tr.model.named_parameters() if p.grad is not None},
                 "paths": batch["paths"], "world": tr.world}, os.path.join(out, f"grads{tr.world}.pt"))
-'''
+"""
 
 
 def test_two_process_gloo_run_matches_single_process_gradients(voc_root, tmp_path):
     script = tmp_path / "ddp_step.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    single = subprocess.run([sys.executable, str(script), voc_root, str(tmp_path), str(TINY)],
-                            capture_output=True, text=True, env=env, timeout=300)
+    single = subprocess.run(
+        [sys.executable, str(script), voc_root, str(tmp_path), str(TINY)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr[-2000:]
-    multi = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                            "--master_port", "29517", str(script), voc_root, str(tmp_path), str(TINY)],
-                           capture_output=True, text=True, env=env, timeout=300)
+    multi = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            str(script),
+            voc_root,
+            str(tmp_path),
+            str(TINY),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert multi.returncode == 0, multi.stderr[-3000:]
     g1 = torch.load(tmp_path / "grads1.pt", weights_only=True)
     g2 = torch.load(tmp_path / "grads2.pt", weights_only=True)
@@ -231,14 +271,16 @@ def test_freeze_depthwise_keeps_5x5_kernels_and_trains_the_rest(voc_root, tmp_pa
         tr.train_step(batch)
     after = [m.weight for m in big + small]
     assert all(torch.equal(b, a) for b, a in zip(before[: len(big)], after[: len(big)]))
-    assert any(not torch.equal(b, a) for b, a in zip(before[len(big):], after[len(big):]))
+    assert any(not torch.equal(b, a) for b, a in zip(before[len(big) :], after[len(big) :]))
 
 
 def test_loss_settings_come_from_the_config(voc_root, tmp_path):
     from multibox.core.losses import MultiBoxLoss
 
-    tr = Trainer(tiny_config(voc_root, tmp_path, "train.match_iou=0.6", "train.neg_pos_ratio=2",
-                             "train.loc_weight=2.5"), progress=False)
+    tr = Trainer(
+        tiny_config(voc_root, tmp_path, "train.match_iou=0.6", "train.neg_pos_ratio=2", "train.loc_weight=2.5"),
+        progress=False,
+    )
     batch = next(iter(tr.loader))
     g = torch.Generator().manual_seed(0)
     p = tr.model.priors.shape[0]
@@ -246,7 +288,8 @@ def test_loss_settings_come_from_the_config(voc_root, tmp_path):
     loc, logits = torch.randn(n, p, 4, generator=g), torch.randn(n, p, k, generator=g)
     got = tr.loss_fn(loc, logits, batch["boxes"], batch["labels"])
     ref = MultiBoxLoss(tr.model.priors, iou_threshold=0.6, neg_pos_ratio=2.0, alpha=2.5)(
-        loc, logits, batch["boxes"], batch["labels"])
+        loc, logits, batch["boxes"], batch["labels"]
+    )
     default = MultiBoxLoss(tr.model.priors)(loc, logits, batch["boxes"], batch["labels"])
     assert torch.equal(got.loss, ref.loss) and not torch.allclose(got.loss, default.loss)
 

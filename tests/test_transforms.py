@@ -8,8 +8,15 @@ from multibox.data.transforms import AugmentConfig, SSDTransform, collate
 
 def _sample(rng, n=3):
     img, boxes, classes = shapes_image(rng, 200, 150, n)
-    return {"image": img, "boxes": boxes, "labels": np.array(classes) + 1, "difficult": np.zeros(n, bool),
-            "image_id": 0, "path": "x", "size": img.shape[:2]}
+    return {
+        "image": img,
+        "boxes": boxes,
+        "labels": np.array(classes) + 1,
+        "difficult": np.zeros(n, bool),
+        "image_id": 0,
+        "path": "x",
+        "size": img.shape[:2],
+    }
 
 
 def _single_object(rng):
@@ -23,16 +30,17 @@ def test_boxes_stay_on_their_objects(seed, vflip):
     """One solid rectangle per image: after any zoom-out/crop/flip/resize the box must be
     covered by the object's colour and hold (nearly) all of that colour."""
     rng = np.random.default_rng(seed)
-    t = SSDTransform((96, 96), train=True, fill=(128, 128, 128),
-                     config=AugmentConfig(photometric=False, vflip_prob=vflip), seed=seed)
+    t = SSDTransform(
+        (96, 96), train=True, fill=(128, 128, 128), config=AugmentConfig(photometric=False, vflip_prob=vflip), seed=seed
+    )
     for index in range(8):
         s = _single_object(rng)
         color = COLORS[int(s["labels"][0]) - 1]
         out = t(s, index)
         img = out["image"].permute(1, 2, 0).numpy().astype(int)
-        mask = (np.abs(img - np.array(color)).sum(-1) < 60)
+        mask = np.abs(img - np.array(color)).sum(-1) < 60
         assert len(out["boxes"]) == 1, "a single object must survive (crops keep some object)"
-        x1, y1, x2, y2 = (out["boxes"][0].numpy() * 96)
+        x1, y1, x2, y2 = out["boxes"][0].numpy() * 96
         inner = mask[int(np.ceil(y1)) + 1 : int(np.floor(y2)) - 1, int(np.ceil(x1)) + 1 : int(np.floor(x2)) - 1]
         if inner.size:
             assert inner.mean() > 0.97
@@ -134,8 +142,15 @@ def test_warp_keeps_boxes_on_their_pixels_to_a_fraction_of_a_pixel(flip):
     0.1 px; eval (cv2.resize) puts them at the same place."""
     img = np.zeros((480, 640, 3), np.uint8)
     img[120:360, 100:301] = 255
-    s = {"image": img, "boxes": np.array([[100.0, 120.0, 301.0, 360.0]]), "labels": np.array([1]),
-         "difficult": np.zeros(1, bool), "image_id": 0, "path": "x", "size": (480, 640)}
+    s = {
+        "image": img,
+        "boxes": np.array([[100.0, 120.0, 301.0, 360.0]]),
+        "labels": np.array([1]),
+        "difficult": np.zeros(1, bool),
+        "image_id": 0,
+        "path": "x",
+        "size": (480, 640),
+    }
     cfg = AugmentConfig(expand_prob=0, crop=False, flip_prob=flip, photometric=False)
     out = SSDTransform((320, 320), train=True, config=cfg, fill=(0, 0, 0))(s, 0)
     row = out["image"][0, 160].double() / 255

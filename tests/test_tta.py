@@ -3,8 +3,7 @@ import torch
 
 from multibox import create_model
 from multibox.core.boxes import cxcywh_to_xyxy, decode_boxes, encode_boxes
-from multibox.core.priors import make_priors, ssd_feature_maps
-from multibox.core.priors import FeatureMapPriors
+from multibox.core.priors import FeatureMapPriors, make_priors, ssd_feature_maps
 from multibox.core.tta import TTA_MODES, merge_views, mirror_boxes, mirror_images, mirror_partners
 
 MAPS = ssd_feature_maps([10, 5, 3, 1], [0.2, 0.4, 0.6, 0.8, 0.95], [(2,), (2, 3), (2,), (2,)])
@@ -37,7 +36,8 @@ def test_transposed_view_shows_the_image_transposed():
     assert torch.equal(mirror_images(x, True, False, True), torch.rot90(x, 1, (-2, -1)))
     # a box in the top-right corner of the transposed view is at the bottom left of the image
     assert mirror_boxes(torch.tensor([0.6, 0.0, 1.0, 0.2]), False, False, True).tolist() == pytest.approx(
-        [0.0, 0.6, 0.2, 1.0])
+        [0.0, 0.6, 0.2, 1.0]
+    )
 
 
 def test_transposed_views_need_square_grids_and_closed_shape_sets():
@@ -55,8 +55,9 @@ def test_merge_averages_boxes_and_probabilities_per_prior():
     idx = mirror_partners(MAPS, True, False)
     loc0, loc1 = torch.randn(n, p, 4) * 0.5, torch.randn(n, p, 4) * 0.5
     logit0, logit1 = torch.randn(n, p, k), torch.randn(n, p, k)
-    loc, logits = merge_views([(loc0, logit0), (loc1, logit1)], [None, idx], [(False, False), (True, False)],
-                              priors, "softmax", (0.1, 0.2))
+    loc, logits = merge_views(
+        [(loc0, logit0), (loc1, logit1)], [None, idx], [(False, False), (True, False)], priors, "softmax", (0.1, 0.2)
+    )
     # by hand for one prior: its own box, and its partner's box on the mirrored view mirrored back
     i = 17
     j = int(idx[i])
@@ -73,8 +74,9 @@ def test_sigmoid_scores_average_as_probabilities():
     idx = mirror_partners(MAPS, False, True)
     loc = torch.zeros(1, len(priors), 4)
     a, b = torch.full((1, len(priors), 2), 2.0), torch.full((1, len(priors), 2), -1.0)
-    _, logits = merge_views([(loc, a), (loc, b)], [None, idx], [(False, False), (False, True)],
-                            priors, "sigmoid", (0.1, 0.2))
+    _, logits = merge_views(
+        [(loc, a), (loc, b)], [None, idx], [(False, False), (False, True)], priors, "sigmoid", (0.1, 0.2)
+    )
     expected = (torch.sigmoid(torch.tensor(2.0)) + torch.sigmoid(torch.tensor(-1.0))) / 2
     assert torch.allclose(logits.sigmoid(), expected.expand_as(logits))
 
@@ -90,14 +92,22 @@ def test_views_that_agree_merge_to_the_same_prediction():
     loc1[:, idx] = encode_boxes(mirror_boxes(boxes, True, True), priors[idx])
     logit1 = torch.empty_like(logit0)
     logit1[:, idx] = logit0
-    loc, logits = merge_views([(loc0, logit0), (loc1, logit1)], [None, idx], [(False, False), (True, True)],
-                              priors, "softmax", (0.1, 0.2))
+    loc, logits = merge_views(
+        [(loc0, logit0), (loc1, logit1)], [None, idx], [(False, False), (True, True)], priors, "softmax", (0.1, 0.2)
+    )
     assert torch.allclose(loc, loc0, atol=1e-4)
     assert torch.allclose(logits.softmax(-1), logit0.softmax(-1), atol=1e-6)
 
 
-@pytest.mark.parametrize("mode,view", [("hflip", (True, False, False)), ("hvflip", (True, True, False)),
-                                       ("dihedral", (True, False, True)), ("dihedral", (False, True, True))])
+@pytest.mark.parametrize(
+    "mode,view",
+    [
+        ("hflip", (True, False, False)),
+        ("hvflip", (True, True, False)),
+        ("dihedral", (True, False, True)),
+        ("dihedral", (False, True, True)),
+    ],
+)
 def test_mirroring_makes_the_detector_mirror_equivariant(mode, view):
     """With every view of the group among the views, detecting on a mirrored (or rotated) image
     gives the mirror image of the detections (an untrained model on its own is far from it)."""
@@ -117,7 +127,8 @@ def test_mirroring_makes_the_detector_mirror_equivariant(mode, view):
     plain = model.predict(x, score_threshold=0.3, max_detections=50).per_image()[0]
     plain_b = model.predict(mirror_images(x, *view), score_threshold=0.3, max_detections=50).per_image()[0]
     assert len(plain["scores"]) != len(plain_b["scores"]) or not torch.allclose(
-        plain["scores"].sort().values, plain_b["scores"].sort().values, atol=1e-3)
+        plain["scores"].sort().values, plain_b["scores"].sort().values, atol=1e-3
+    )
 
 
 def test_unknown_mode_is_an_error():
@@ -136,7 +147,9 @@ def test_partners_on_ssd300_steps_are_the_mirrored_cells():
     idx = mirror_partners(maps, True, False)
     assert torch.equal(priors[idx, 1:], priors[:, 1:])
     gap = (priors[idx, 0] - (1 - priors[:, 0])) * 300
-    overhang = torch.cat([torch.full((m.num_priors,), float(n * st - 300)) for m, n, st in zip(maps, SSD300_SIZES, steps)])
+    overhang = torch.cat(
+        [torch.full((m.num_priors,), float(n * st - 300)) for m, n, st in zip(maps, SSD300_SIZES, steps)]
+    )
     torch.testing.assert_close(gap, overhang, atol=1e-3, rtol=0)  # 4, 4, 20, 20, 0, 0 px
 
 

@@ -1,18 +1,20 @@
 """Command line: a thin layer over the Python API.
 
-    multibox demo [--data PATH] [--out runs/demo]     train + evaluate + draw on BCCD (about 10 min on a CPU)
-    multibox train --config PRESET [key=value ...]    train from a preset or YAML file, with overrides
-    multibox val --checkpoint CKPT [--split test]     score a checkpoint, write metrics.json and plots
-    multibox evaluate --gt GT.json --detections R.json [--out DIR]
-    multibox predict CKPT|MODEL.onnx SOURCES... [--conf 0.25] [--out runs/predict]
-    multibox show -c PRESET | --checkpoint CKPT [--augment] [--predict]   draw ground truth into a grid
-    multibox export CKPT [--format onnx|torch-export] [--out model.onnx]
-    multibox import-torchvision SSD300.pth --out ssd300_coco.pt        torchvision ssd300_vgg16 weights
-    multibox models | presets                         list the model zoo / the config presets
+multibox demo [--data PATH] [--out runs/demo]     train + evaluate + draw on BCCD (about 10 min on a CPU)
+multibox train --config PRESET [key=value ...]    train from a preset or YAML file, with overrides
+multibox val --checkpoint CKPT [--split test]     score a checkpoint, write metrics.json and plots
+multibox evaluate --gt GT.json --detections R.json [--out DIR]
+multibox predict CKPT|MODEL.onnx SOURCES... [--conf 0.25] [--out runs/predict]
+multibox show -c PRESET | --checkpoint CKPT [--augment] [--predict]   draw ground truth into a grid
+multibox export CKPT [--format onnx|torch-export] [--out model.onnx]
+multibox import-torchvision SSD300.pth --out ssd300_coco.pt        torchvision ssd300_vgg16 weights
+multibox models | presets                         list the model zoo / the config presets
 """
+
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -65,8 +67,9 @@ def _apply_data_path(cfg, data: str | None) -> None:
     cfg.data.root = inner if os.path.isdir(inner) else data
 
 
-def _score_and_report(model, dataset, out_dir: str, device="cpu", workers: int = 1, draw: int | None = None,
-                      extra: dict | None = None):
+def _score_and_report(
+    model, dataset, out_dir: str, device="cpu", workers: int = 1, draw: int | None = None, extra: dict | None = None
+):
     """Score ``model`` on ``dataset`` once and write the report folder."""
     from .inference.evaluate import evaluate_model
     from .viz.report import write_report
@@ -84,9 +87,11 @@ def _train_and_report(cfg, resume: str | None, draw: int | None) -> int:
         trainer.resume(resume)
         print(f"resumed from {resume} at epoch {trainer.epoch}, step {trainer.step}")
     n_train = len(trainer.datasets["train"])
-    print(f"training {cfg.model.name} on {trainer.datasets['train'].name} ({n_train} images, "
-          f"{len(trainer.class_names)} classes: {', '.join(trainer.class_names)}) for {trainer.epochs} epochs "
-          f"({trainer.total_iters} iterations of {cfg.train.batch_size}) -> {cfg.out_dir}")
+    print(
+        f"training {cfg.model.name} on {trainer.datasets['train'].name} ({n_train} images, "
+        f"{len(trainer.class_names)} classes: {', '.join(trainer.class_names)}) for {trainer.epochs} epochs "
+        f"({trainer.total_iters} iterations of {cfg.train.batch_size}) -> {cfg.out_dir}"
+    )
     trainer.fit()
     train_s = time.time() - start
     if not trainer.is_main:
@@ -103,12 +108,20 @@ def _train_and_report(cfg, resume: str | None, draw: int | None) -> int:
         model.load_state_dict(load_checkpoint(best)["model"])
         chosen = "best validation mAP"
     print(f"scoring {test.name} once with the {chosen} checkpoint")
-    report = _score_and_report(model, test, cfg.out_dir, device=trainer.device, workers=cfg.data.workers,
-                               draw=draw, extra={"train_seconds": round(train_s, 1), "checkpoint": chosen,
-                                                 "model": cfg.model.name})
+    report = _score_and_report(
+        model,
+        test,
+        cfg.out_dir,
+        device=trainer.device,
+        workers=cfg.data.workers,
+        draw=draw,
+        extra={"train_seconds": round(train_s, 1), "checkpoint": chosen, "model": cfg.model.name},
+    )
     print(report.table())
-    print(f"total {time.time() - start:.0f} s; wrote metrics.json, metrics.txt, pr_curves/, errors.png, predictions/, "
-          f"training_curves.png and checkpoints to {cfg.out_dir}")
+    print(
+        f"total {time.time() - start:.0f} s; wrote metrics.json, metrics.txt, pr_curves/, errors.png, predictions/, "
+        f"training_curves.png and checkpoints to {cfg.out_dir}"
+    )
     return 0
 
 
@@ -173,12 +186,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     det = Detector.from_checkpoint(args.model, device=args.device)
     for name, value in _test_time_overrides(args).items():
         if not isinstance(det, Detector):
-            raise ValueError(f"{args.model}: --{name.replace('_', '-')} applies to checkpoints; an ONNX export runs "
-                             f"the {_TEST_TIME_WHAT[name]} its model was exported with (set model.kwargs.{name} "
-                             "before exporting)")
+            raise ValueError(
+                f"{args.model}: --{name.replace('_', '-')} applies to checkpoints; an ONNX export runs "
+                f"the {_TEST_TIME_WHAT[name]} its model was exported with (set model.kwargs.{name} "
+                "before exporting)"
+            )
         setattr(det, name, value)
-    summary = predict_files(det, args.sources, args.out, conf=args.conf, iou=args.iou, max_det=args.max_det,
-                            batch_size=args.batch_size, draw=not args.no_draw, save_txt=not args.no_txt)
+    summary = predict_files(
+        det,
+        args.sources,
+        args.out,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        batch_size=args.batch_size,
+        draw=not args.no_draw,
+        save_txt=not args.no_txt,
+    )
     print(summary.table())
     print(f"wrote images/, labels/, detections.json (COCO results), images.json and summary.json to {args.out}")
     return 0
@@ -218,8 +242,11 @@ def _cmd_show(args: argparse.Namespace) -> int:
         augment = SSDTransform(size, train=True, config=cfg.data.augment, seed=args.seed)
     grid = show_dataset(dataset, n=args.num, augment=augment, detector=detector, conf=args.conf, seed=args.seed)
     save_image(args.out, grid)
-    print(f"wrote {args.out}: {min(args.num, len(dataset))} images of {dataset.name}"
-          + (" after training augmentation" if augment else "") + (" beside predictions" if detector else ""))
+    print(
+        f"wrote {args.out}: {min(args.num, len(dataset))} images of {dataset.name}"
+        + (" after training augmentation" if augment else "")
+        + (" beside predictions" if detector else "")
+    )
     return 0
 
 
@@ -257,10 +284,12 @@ def _test_time_overrides(args: argparse.Namespace) -> dict:
 
 def _add_test_time_flags(p: argparse.ArgumentParser) -> None:
     """``--tta`` and ``--box-voting``, shared by ``val`` and ``predict``."""
-    p.add_argument("--tta", choices=TTA_CHOICES,
-                   help="average over mirrored views (default: the checkpoint's model setting)")
-    p.add_argument("--box-voting", choices=("on", "off"),
-                   help="box voting after NMS (default: the checkpoint's model setting)")
+    p.add_argument(
+        "--tta", choices=TTA_CHOICES, help="average over mirrored views (default: the checkpoint's model setting)"
+    )
+    p.add_argument(
+        "--box-voting", choices=("on", "off"), help="box voting after NMS (default: the checkpoint's model setting)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,8 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a checkpoint: ONNX (decode + NMS included) or a torch.export program")
     p.add_argument("checkpoint")
-    p.add_argument("--format", choices=("onnx", "torch-export"), default="onnx",
-                   help="onnx: the whole detector; torch-export: the network as a .pt2 program")
+    p.add_argument(
+        "--format",
+        choices=("onnx", "torch-export"),
+        default="onnx",
+        help="onnx: the whole detector; torch-export: the network as a .pt2 program",
+    )
     p.add_argument("--out", help="output file (default: beside the checkpoint)")
     p.add_argument("--max-det", type=int, default=None, help="detections per image in the graph (default 200)")
     p.set_defaults(func=_cmd_export)
@@ -347,9 +380,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ConsoleHandler(logging.Handler):
+    """multibox's log records as the command line shows them: information on stdout, warnings
+    and errors on stderr after their level; written through tqdm so progress bars stay whole."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            msg = self.format(record)
+            if record.levelno >= logging.WARNING:
+                tqdm.write(f"{record.levelname.lower()}: {msg}", file=sys.stderr)
+            else:
+                tqdm.write(msg)
+        except Exception:  # a closed stream must not end the run
+            self.handleError(record)
+
+
+def show_logs(level: int = logging.INFO) -> None:
+    """Show the ``multibox`` logger's messages on the console, as the command line does."""
+    logger = logging.getLogger("multibox")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+    logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
+    show_logs()
     keep_freed_memory()  # large tensors reuse freed memory instead of fresh pages (see multibox.memory)
     try:
         return args.func(args)

@@ -6,6 +6,7 @@ A preset is a YAML file in ``multibox/configs`` (by name) or any path. Every
 field can be overridden from the command line with its dotted name; values are
 parsed as YAML (``train.milestones=[0.6,0.8]``, ``data.val=null``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -95,8 +96,12 @@ def _build(cls, values: dict, where: str):
         if k not in fields:
             raise ValueError(f"unknown config key {where + k!r}; valid keys: {', '.join(fields)}")
         ftype = fields[k].type
-        sub = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "TrainConfig": TrainConfig,
-               "AugmentConfig": AugmentConfig}.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
+        sub = {
+            "ModelConfig": ModelConfig,
+            "DataConfig": DataConfig,
+            "TrainConfig": TrainConfig,
+            "AugmentConfig": AugmentConfig,
+        }.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
         if ftype in ("str", str) and isinstance(v, bool):  # YAML 1.1 reads off/on/no/yes as booleans
             v = "on" if v else "off"
         kwargs[k] = _build(sub, v, f"{where}{k}.") if sub is not None else v

@@ -15,6 +15,7 @@ such as jemalloc or tcmalloc, often recommended for PyTorch on CPUs, behave alik
 process then holds on to its peak memory. The command line, the trainer and the benchmarks
 call it; set ``MULTIBOX_KEEP_FREED_MEMORY=0`` to opt out. Elsewhere than glibc it does nothing.
 """
+
 from __future__ import annotations
 
 import ctypes

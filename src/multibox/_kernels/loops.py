@@ -21,6 +21,7 @@ computed and tested as before; the overlap test is the one of
 (``inter * (1 + t) > (area_a + area_b) * t``, NaN never overlapping); the negatives are
 the same set as a stable descending sort cut at each image's count.
 """
+
 from __future__ import annotations
 
 import math
@@ -210,8 +211,16 @@ def greedy_nms_groups(boxes: Tensor, group: Tensor, iou_threshold: float) -> Ten
         return None
     x1, y1, x2, y2 = boxes.detach().float().t().contiguous().numpy()
     keep = np.empty(len(x1), np.bool_)
-    loop(x1, y1, x2, y2, group.contiguous().numpy().astype(np.int64, copy=False),
-         np.float32(1.0 + iou_threshold), np.float32(iou_threshold), keep)
+    loop(
+        x1,
+        y1,
+        x2,
+        y2,
+        group.contiguous().numpy().astype(np.int64, copy=False),
+        np.float32(1.0 + iou_threshold),
+        np.float32(iou_threshold),
+        keep,
+    )
     return torch.from_numpy(keep)
 
 
@@ -227,6 +236,11 @@ def hard_negatives(conf_loss: Tensor, positive: Tensor, num_neg: Tensor) -> Tens
     chosen = np.empty((n, p), np.bool_)
     has_nan = np.zeros(n, np.bool_)
     _use_torch_threads()
-    loop(conf_loss.detach().contiguous().numpy(), positive.contiguous().numpy(),
-         num_neg.reshape(-1).contiguous().numpy().astype(np.int64, copy=False), chosen, has_nan)
+    loop(
+        conf_loss.detach().contiguous().numpy(),
+        positive.contiguous().numpy(),
+        num_neg.reshape(-1).contiguous().numpy().astype(np.int64, copy=False),
+        chosen,
+        has_nan,
+    )
     return None if has_nan.any() else torch.from_numpy(chosen)

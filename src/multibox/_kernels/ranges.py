@@ -4,6 +4,7 @@ Listing "for each object, the priors in a range" or "for each box, the later box
 group" without a Python loop comes down to one operation: concatenate the ranges
 ``starts[r], ..., starts[r] + counts[r] - 1`` and remember which range each value came from.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ needs to know which priors can hold a score above the threshold. Both reduce eac
 ``exp`` and one matrix product per chunk of rows: the chunk stays in cache, one buffer is
 reused, and the product does the short row sums that an elementwise kernel does slowly.
 """
+
 from __future__ import annotations
 
 import torch
@@ -25,6 +26,6 @@ def exp_row_sums(logits: Tensor, weights: Tensor) -> Tensor:
     out = logits.new_empty(r, weights.shape[1])
     work = logits.new_empty(min(r, ROWS_PER_CHUNK), c)
     for start in range(0, r, ROWS_PER_CHUNK):
-        w = torch.exp(logits[start:start + ROWS_PER_CHUNK], out=work[: min(ROWS_PER_CHUNK, r - start)])
-        torch.mm(w, weights, out=out[start:start + ROWS_PER_CHUNK])
+        w = torch.exp(logits[start : start + ROWS_PER_CHUNK], out=work[: min(ROWS_PER_CHUNK, r - start)])
+        torch.mm(w, weights, out=out[start : start + ROWS_PER_CHUNK])
     return out

@@ -12,16 +12,26 @@ Searching a few thousand sorted int64 keys is the same story: NumPy's ``searchso
 takes about half of PyTorch's time for the 2,000-odd NMS candidates of a batch of 8, so
 :func:`searchsorted` takes that path for CPU tensors and PyTorch's elsewhere.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 from torch import Tensor
 
-_NUMPY_DTYPES = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
-                 torch.float16, torch.float32, torch.float64}  # not bfloat16: NumPy has none
+_NUMPY_DTYPES = {
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.float32,
+    torch.float64,
+}  # not bfloat16: NumPy has none
 
 
 def _numpy_can_take(*tensors: Tensor) -> bool:

@@ -6,6 +6,7 @@ leading (batch) dimensions. Boxes are ``(..., 4)`` tensors, either corner form
 ``cxcywh = (cx, cy, w, h)``. Inside a model coordinates are fractions of the
 image in ``[0, 1]``; at the API boundary they are pixels.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,7 @@ def check_boxes(boxes: Tensor, name: str = "boxes", fmt: str = "xyxy") -> None:
         if bad.any():
             i = int(bad.nonzero()[0, 0])
             raise ValueError(
-                f"{name} has a box with x2 < x1 or y2 < y1 at index {i}: {flat[i].tolist()} "
-                "(expected [x1, y1, x2, y2])"
+                f"{name} has a box with x2 < x1 or y2 < y1 at index {i}: {flat[i].tolist()} (expected [x1, y1, x2, y2])"
             )
     elif fmt == "cxcywh":
         bad = (flat[:, 2] < 0) | (flat[:, 3] < 0)
@@ -79,9 +79,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     Pairs whose union is empty (two degenerate boxes) have IoU 0.
     """
     if boxes1.shape[-1] != 4 or boxes2.shape[-1] != 4:
-        raise ValueError(
-            f"box_iou expects (..., 4) tensors, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}"
-        )
+        raise ValueError(f"box_iou expects (..., 4) tensors, got {tuple(boxes1.shape)} and {tuple(boxes2.shape)}")
     # Coordinates as contiguous rows (..., 4, A) and (..., 4, B): the (A, B) arithmetic then runs
     # on unit-stride operands, several times faster than slicing the interleaved last dimension.
     a = [c.unsqueeze(-1) for c in boxes1.transpose(-1, -2).contiguous().unbind(-2)]
@@ -89,13 +87,16 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     return iou_from_coordinates(*a, *b)
 
 
-def iou_from_coordinates(ax1: Tensor, ay1: Tensor, ax2: Tensor, ay2: Tensor,
-                         bx1: Tensor, by1: Tensor, bx2: Tensor, by2: Tensor) -> Tensor:
+def iou_from_coordinates(
+    ax1: Tensor, ay1: Tensor, ax2: Tensor, ay2: Tensor, bx1: Tensor, by1: Tensor, bx2: Tensor, by2: Tensor
+) -> Tensor:
     """Jaccard overlap of boxes given as broadcastable coordinate tensors (``(A, 1)`` against
     ``(1, B)`` for a matrix, ``(Q,)`` against ``(Q,)`` for listed pairs); an empty union gives 0."""
     inter = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)
     inter = inter.mul_((torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0))
-    union = ((ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0)) + ((bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0))
+    union = ((ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0)) + (
+        (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)
+    )
     union = union.sub_(inter)
     return torch.where(union > 0, inter / union.clamp(min=torch.finfo(union.dtype).tiny), 0.0)
 
@@ -114,9 +115,7 @@ def box_iou_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
-def encode_boxes(
-    boxes: Tensor, priors: Tensor, variances: tuple[float, float] = DEFAULT_VARIANCES
-) -> Tensor:
+def encode_boxes(boxes: Tensor, priors: Tensor, variances: tuple[float, float] = DEFAULT_VARIANCES) -> Tensor:
     """Regression targets of xyxy ``boxes`` against cxcywh ``priors`` (SSD eq. 2).
 
     ``t_cx = (g_cx - p_cx) / (v0 p_w)``, ``t_w = log(g_w / p_w) / v1`` and the same
@@ -130,9 +129,7 @@ def encode_boxes(
     return torch.cat((centre, size), dim=-1)
 
 
-def decode_boxes(
-    offsets: Tensor, priors: Tensor, variances: tuple[float, float] = DEFAULT_VARIANCES
-) -> Tensor:
+def decode_boxes(offsets: Tensor, priors: Tensor, variances: tuple[float, float] = DEFAULT_VARIANCES) -> Tensor:
     """Exact inverse of :func:`encode_boxes`: offsets ``(..., P, 4)`` to xyxy boxes."""
     v0, v1 = variances
     centre = priors[..., :2] + offsets[..., :2] * v0 * priors[..., 2:]

@@ -12,6 +12,7 @@ Both take raw model outputs and padded targets (see :mod:`multibox.matching`),
 match inside, and return a :class:`LossOutput`. Everything is batched: there is
 no Python loop over images or priors.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .boxes import DEFAULT_VARIANCES, encode_boxes
 from .._kernels.loops import hard_negatives
-from .matching import Matcher, Matches, match_priors
 from .._kernels.rowsums import exp_row_sums
 from .._kernels.select import where
+from .boxes import DEFAULT_VARIANCES, encode_boxes
+from .matching import Matcher, Matches, match_priors
 
 
 class LossOutput(NamedTuple):

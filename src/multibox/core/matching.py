@@ -20,17 +20,19 @@ the full ``(N, M, P)`` grid; the result is identical to the dense rules above
 :func:`match_atss` is the alternative a config can name (``train.matcher=atss``): ATSS's
 per-object threshold over the priors nearest each object's centre on every feature map.
 """
+
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from .boxes import box_iou, check_boxes, cxcywh_to_xyxy, iou_from_coordinates
 from .._kernels.ranges import concat_ranges
 from .._kernels.select import where
+from .boxes import box_iou, check_boxes, cxcywh_to_xyxy, iou_from_coordinates
 
 
 class Matches(NamedTuple):
@@ -59,7 +61,9 @@ class Matches(NamedTuple):
         n, p = self.object_index.shape
         m = self.gt_boxes.shape[1]
         obj = self.object_index.reshape(-1).index_select(0, flat_index)
-        return self.gt_boxes.reshape(n * m, 4).index_select(0, torch.div(flat_index, p, rounding_mode="floor") * m + obj)
+        return self.gt_boxes.reshape(n * m, 4).index_select(
+            0, torch.div(flat_index, p, rounding_mode="floor") * m + obj
+        )
 
 
 # (gt_boxes, gt_labels, priors) -> Matches: match_priors with its threshold bound, or match_atss
@@ -164,9 +168,7 @@ def _check_targets(gt_boxes: Tensor, gt_labels: Tensor, priors: Tensor, validate
     if gt_boxes.ndim != 3 or gt_boxes.shape[-1] != 4:
         raise ValueError(f"gt_boxes must be (N, M, 4), got {tuple(gt_boxes.shape)}")
     if gt_labels.shape != gt_boxes.shape[:2]:
-        raise ValueError(
-            f"gt_labels must be (N, M) = {tuple(gt_boxes.shape[:2])}, got {tuple(gt_labels.shape)}"
-        )
+        raise ValueError(f"gt_labels must be (N, M) = {tuple(gt_boxes.shape[:2])}, got {tuple(gt_labels.shape)}")
     if priors.ndim != 2 or priors.shape[-1] != 4:
         raise ValueError(f"priors must be (P, 4), got {tuple(priors.shape)}")
     if validate:
@@ -194,8 +196,11 @@ def match_priors(
     p = priors.shape[0]
     device = gt_boxes.device
     if m == 0:
-        return Matches(torch.zeros(n, p, dtype=torch.long, device=device),
-                       torch.full((n, p), -1, dtype=torch.long, device=device), gt_boxes)
+        return Matches(
+            torch.zeros(n, p, dtype=torch.long, device=device),
+            torch.full((n, p), -1, dtype=torch.long, device=device),
+            gt_boxes,
+        )
 
     valid = gt_labels > 0  # (N, M)
     obj = torch.nonzero(valid)  # (K, 2): image and slot of every real object, in (image, slot) order
@@ -232,10 +237,12 @@ def match_priors(
     # object's best candidate reaches the threshold, every prior at least as good is a candidate
     # too; the others (tiny or odd boxes) are searched over every prior.
     obj_best = torch.full((len(obj),), -1.0, dtype=iou.dtype, device=device).scatter_reduce(
-        0, pair_obj, iou, reduce="amax")
+        0, pair_obj, iou, reduce="amax"
+    )
     on_max = where(lambda v, best: v == best, iou, obj_best.index_select(0, pair_obj))
     best_prior_k = torch.full((len(obj),), p, dtype=torch.long, device=device).scatter_reduce(
-        0, pair_obj.index_select(0, on_max), pair_prior.index_select(0, on_max), reduce="amin")
+        0, pair_obj.index_select(0, on_max), pair_prior.index_select(0, on_max), reduce="amin"
+    )
     weak = obj_best < iou_threshold
     if sparse and bool(weak.any()):
         best_prior_k[weak] = box_iou(boxes_k[weak], priors_xyxy).argmax(dim=1)
@@ -306,7 +313,7 @@ def match_atss(
     candidates, start = [], 0
     for size in level_sizes:  # a handful of maps: the loop is over levels, never boxes
         # a stable sort keeps ties (the shapes of one cell share its centre) in prior order
-        order = torch.sort(dist[:, start:start + size], dim=1, stable=True).indices[:, :min(top_k, size)]
+        order = torch.sort(dist[:, start : start + size], dim=1, stable=True).indices[:, : min(top_k, size)]
         candidates.append(order + start)
         start += size
     cand = torch.cat(candidates, dim=1)  # (K, C)
@@ -314,7 +321,7 @@ def match_atss(
     iou = _pair_iou(boxes_k, cxcywh_to_xyxy(priors), pair_obj, cand.reshape(-1)).view_as(cand)  # (K, C)
     threshold = iou.mean(dim=1, keepdim=True) + iou.std(dim=1, keepdim=True)
     cx, cy = (priors[:, i].index_select(0, cand.reshape(-1)).view_as(cand) for i in (0, 1))
-    inside = ((cx > boxes_k[:, :1]) & (cx < boxes_k[:, 2:3]) & (cy > boxes_k[:, 1:2]) & (cy < boxes_k[:, 3:4]))
+    inside = (cx > boxes_k[:, :1]) & (cx < boxes_k[:, 2:3]) & (cy > boxes_k[:, 1:2]) & (cy < boxes_k[:, 3:4])
     hit = (iou >= threshold) & inside & (iou > 0)
     k_idx, c_idx = hit.nonzero(as_tuple=True)
     h_cell = img.index_select(0, k_idx) * p + cand[k_idx, c_idx]

@@ -18,6 +18,7 @@ overlapping ones when groups are small (a trained model), and uses padded
 with Numba it runs as a compiled loop instead. All give the textbook loop's result
 (tests check this).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -29,7 +30,6 @@ from .._kernels.loops import greedy_nms_groups
 from .._kernels.ranges import concat_ranges
 from .._kernels.select import searchsorted, where
 from .boxes import box_area, box_iou
-
 
 
 def overlap_mask(boxes: Tensor, iou_threshold: float) -> Tensor:
@@ -94,9 +94,7 @@ def greedy_nms_mask(iou: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
     return greedy_nms_keep(iou > iou_threshold, valid)
 
 
-def batched_nms(
-    boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float
-) -> Tensor:
+def batched_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: float) -> Tensor:
     """NMS applied independently within each group id (e.g. class); returns kept indices
     sorted by decreasing score. ``boxes (K, 4)``, ``scores (K,)``, ``groups (K,)``."""
     if boxes.numel() == 0:
@@ -177,8 +175,11 @@ def _nms_pairs(boxes: Tensor, group: Tensor, iou_threshold: float) -> Tensor:
     ih = torch.minimum(sy2.index_select(0, first), sy2.index_select(0, other))
     ih.sub_(torch.maximum(sy1.index_select(0, first), sy1.index_select(0, other))).clamp_(min=0)
     sums = sarea.index_select(0, first).add_(sarea.index_select(0, other))
-    edge = where(lambda inter, s: inter > s,  # the overlap test of overlap_mask
-                 iw.mul_(ih).mul_(1.0 + iou_threshold), sums.mul_(iou_threshold))
+    edge = where(
+        lambda inter, s: inter > s,  # the overlap test of overlap_mask
+        iw.mul_(ih).mul_(1.0 + iou_threshold),
+        sums.mul_(iou_threshold),
+    )
     a, b = by_area.index_select(0, first.index_select(0, edge)), by_area.index_select(0, other.index_select(0, edge))
     src, dst = torch.minimum(a, b), torch.maximum(a, b)  # the earlier (better-scored) box first
     keep = torch.ones(k, dtype=torch.bool, device=dev)
@@ -211,7 +212,7 @@ def _nms_padded(boxes: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
         # a bound on the (G, K, K) buffers
         similar = bisect.bisect_left(neg_counts, -(kc // 2), lo=start) - start
         size = max(1, min(similar, _NMS_CHUNK_ELEMENTS // (kc * kc)))
-        idx = by_count[start:start + size]
+        idx = by_count[start : start + size]
         keep[idx, :kc] = greedy_nms_keep(overlap_mask(boxes[idx, :kc], iou_threshold), valid[idx, :kc])
         start += size
     return keep

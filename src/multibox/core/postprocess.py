@@ -9,6 +9,7 @@ threshold; on CPUs with Numba that row test is one compiled pass over the logits
 (:mod:`multibox._kernels.loops`). Optional box voting (:func:`vote_boxes`) then moves
 each kept box to the score-weighted mean of the candidates it overlaps.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,6 +24,7 @@ from .._kernels.rowsums import exp_row_sums
 from .._kernels.select import where
 from .boxes import DEFAULT_VARIANCES, clip_boxes, decode_boxes
 from .nms import nms_sorted_groups, overlaps_above
+
 
 def _class_scores(logits: Tensor, score_type: str) -> Tensor:
     """Class scores ``(..., C)`` from logits: softmax without the background column 0, or sigmoid."""
@@ -157,8 +159,12 @@ def postprocess(
     cap = k if candidates_per_class is None else min(k, candidates_per_class)
     if k == 0:
         z = loc.new_zeros
-        return Detections(z(n, 0, 4), z(n, 0), torch.zeros(n, 0, dtype=torch.long, device=loc.device),
-                          torch.zeros(n, dtype=torch.long, device=loc.device))
+        return Detections(
+            z(n, 0, 4),
+            z(n, 0),
+            torch.zeros(n, 0, dtype=torch.long, device=loc.device),
+            torch.zeros(n, dtype=torch.long, device=loc.device),
+        )
     if k > cap:  # crowded groups (untrained models): the cap best of every group by topk
         scores = row_scores.view(n, p, c) if rows.numel() == n * p else _class_scores(logits, score_type)
         per_group = scores.transpose(1, 2).reshape(n * c, p)
@@ -173,11 +179,20 @@ def postprocess(
     else:  # every candidate fits: take exactly the ones above the threshold
         cand_scores = row_scores.reshape(-1).index_select(0, flat)
         order = _sort_by_key_then_score(gid, cand_scores)  # by group, then score, then prior
-        group, prior, cand_scores = gid.index_select(0, order), prior.index_select(0, order), cand_scores.index_select(0, order)
+        group, prior, cand_scores = (
+            gid.index_select(0, order),
+            prior.index_select(0, order),
+            cand_scores.index_select(0, order),
+        )
     # Candidates now run group by group, best first. Decode (and clip) only their boxes.
     img = torch.div(group, c, rounding_mode="floor")
-    cand = clip_boxes(decode_boxes(loc.float().reshape(n * p, 4).index_select(0, img * p + prior),
-                                   priors.float().index_select(0, prior), variances))
+    cand = clip_boxes(
+        decode_boxes(
+            loc.float().reshape(n * p, 4).index_select(0, img * p + prior),
+            priors.float().index_select(0, prior),
+            variances,
+        )
+    )
     keep = nms_sorted_groups(cand, group, counts, cap, iou_threshold)
 
     # The max_detections best kept boxes of each image: by score, then class, then rank.
@@ -194,8 +209,9 @@ def postprocess(
     out_boxes = loc.new_zeros(n, d, 4, dtype=torch.float32)
     out_scores = loc.new_zeros(n, d, dtype=torch.float32)
     out_labels = torch.zeros(n, d, dtype=torch.long, device=loc.device)
-    out_boxes[k_img, rank] = (vote_boxes(cand, cand_scores, group, kept, iou_threshold) if box_voting
-                              else cand.index_select(0, kept))
+    out_boxes[k_img, rank] = (
+        vote_boxes(cand, cand_scores, group, kept, iou_threshold) if box_voting else cand.index_select(0, kept)
+    )
     out_scores[k_img, rank] = cand_scores.index_select(0, kept)
     out_labels[k_img, rank] = group.index_select(0, kept) % c + 1
     if image_sizes is not None:
@@ -220,7 +236,8 @@ def vote_boxes(boxes: Tensor, scores: Tensor, group: Tensor, kept: Tensor, iou_t
     weight = scores.index_select(0, other) * overlaps_above(own.index_select(0, owner), b, iou_threshold)
     total = torch.zeros(len(kept), dtype=boxes.dtype, device=boxes.device).index_add_(0, owner, weight)
     voted = torch.zeros(len(kept), 4, dtype=boxes.dtype, device=boxes.device).index_add_(
-        0, owner, b * weight.unsqueeze(1))
+        0, owner, b * weight.unsqueeze(1)
+    )
     # a box with no area overlaps nothing, not even itself: it keeps its own coordinates
     return torch.where(total.unsqueeze(1) > 0, voted / total.clamp(min=torch.finfo(total.dtype).tiny).unsqueeze(1), own)
 

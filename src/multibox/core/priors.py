@@ -16,11 +16,12 @@ Presets:
 
 Priors are returned in centre form ``(P, 4)`` as fractions of the image.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor

@@ -19,9 +19,10 @@ columns of every grid and the width and height of every prior shape, so it needs
 inputs, square grids and a shape set closed under that swap (SSD's: ``1, r, 1/r`` and the
 extra square). Inference costs grow with the number of views.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -34,8 +35,15 @@ TTA_MODES = {
     "none": (),
     "hflip": ((True, False, False),),
     "hvflip": ((True, False, False), (False, True, False), (True, True, False)),
-    "dihedral": ((True, False, False), (False, True, False), (True, True, False),
-                 (False, False, True), (True, False, True), (False, True, True), (True, True, True)),
+    "dihedral": (
+        (True, False, False),
+        (False, True, False),
+        (True, True, False),
+        (False, False, True),
+        (True, False, True),
+        (False, True, True),
+        (True, True, True),
+    ),
 }
 
 
@@ -57,20 +65,24 @@ def transposed_shapes(fm: FeatureMapPriors) -> list[int]:
     """For each prior shape of ``fm``, the index of its transpose (width and height swapped)."""
     rows, cols = fm.size
     if rows != cols or (fm.step is not None and fm.step[0] != fm.step[1]):
-        raise ValueError(f"transposed views (tta 'dihedral') need square grids with equal steps, got {rows}x{cols} "
-                         f"(step {fm.step})")
+        raise ValueError(
+            f"transposed views (tta 'dihedral') need square grids with equal steps, got {rows}x{cols} (step {fm.step})"
+        )
     out = []
     for w, h in fm.box_sizes:
         match = [b for b, (w2, h2) in enumerate(fm.box_sizes) if abs(w2 - h) < 1e-9 and abs(h2 - w) < 1e-9]
         if not match:
-            raise ValueError(f"transposed views (tta 'dihedral') need every prior shape's transpose among the shapes; "
-                             f"{w:g} x {h:g} has none in {fm.box_sizes}")
+            raise ValueError(
+                f"transposed views (tta 'dihedral') need every prior shape's transpose among the shapes; "
+                f"{w:g} x {h:g} has none in {fm.box_sizes}"
+            )
         out.append(match[0])
     return out
 
 
-def mirror_partners(maps: Sequence[FeatureMapPriors], horizontal: bool = True, vertical: bool = False,
-                    transpose: bool = False) -> Tensor:
+def mirror_partners(
+    maps: Sequence[FeatureMapPriors], horizontal: bool = True, vertical: bool = False, transpose: bool = False
+) -> Tensor:
     """Index ``(P,)`` of each prior's partner in the view that mirrors the image and then, if
     ``transpose``, transposes it (see the module docstring).
 

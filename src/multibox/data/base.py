@@ -6,17 +6,20 @@ image, labels ``(K,)`` in ``1..C``, "difficult" flags and its size. Parsers in
 (boxes clipped to the image, degenerate boxes dropped and counted in one
 warning naming the files) and reads images on access.
 """
+
 from __future__ import annotations
 
 import copy
+import logging
 import os
-import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 
 from .image import ImageReadError, image_size, read_image
+
+log = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -49,15 +52,17 @@ class Problems:
 
         if self.degenerate:
             files = sorted(set(self.degenerate))
-            warnings.warn(
+            log.warning(
                 f"{name}: dropped {len(self.degenerate)} degenerate box(es) (zero area or x2 <= x1) "
-                f"in {len(files)} file(s): {few(files)}", stacklevel=3)
+                f"in {len(files)} file(s): {few(files)}"
+            )
         if self.skipped_files:
-            warnings.warn(f"{name}: skipped {len(self.skipped_files)} unreadable or malformed file(s): "
-                          f"{few(self.skipped_files)}", stacklevel=3)
+            log.warning(
+                f"{name}: skipped {len(self.skipped_files)} unreadable or malformed file(s): {few(self.skipped_files)}"
+            )
         if self.unknown_classes:
             desc = ", ".join(f"{k!r} x{v}" for k, v in sorted(self.unknown_classes.items()))
-            warnings.warn(f"{name}: ignored objects of classes not in the class list: {desc}", stacklevel=3)
+            log.warning(f"{name}: ignored objects of classes not in the class list: {desc}")
 
 
 def clean_boxes(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -112,7 +117,7 @@ class DetectionDataset:
     def __len__(self) -> int:
         return len(self.records)
 
-    def with_transform(self, transform: Callable | None) -> "DetectionDataset":
+    def with_transform(self, transform: Callable | None) -> DetectionDataset:
         """The same records (shared, not copied) under another transform."""
         view = copy.copy(self)
         view.transform = transform
@@ -128,7 +133,8 @@ class DetectionDataset:
         if image.shape[:2] != tuple(r.size):
             raise ImageReadError(
                 f"{r.image_path}: image is {image.shape[1]}x{image.shape[0]} but the annotation says "
-                f"{r.size[1]}x{r.size[0]}")
+                f"{r.size[1]}x{r.size[0]}"
+            )
         return {
             "image": image,
             "boxes": r.boxes.copy(),
@@ -152,8 +158,10 @@ class DetectionDataset:
         path = self.records[index].image_path
         if path not in self.unreadable:
             self.unreadable.append(path)
-            warnings.warn(f"{self.name}: skipped an unreadable image ({error}); {len(self.unreadable)} so far "
-                          "in this process, each replaced by the next readable image", stacklevel=3)
+            log.warning(
+                f"{self.name}: skipped an unreadable image ({error}); {len(self.unreadable)} so far "
+                "in this process, each replaced by the next readable image"
+            )
         for step in range(1, len(self.records)):
             try:
                 return self.load((index + step) % len(self.records))
@@ -162,8 +170,9 @@ class DetectionDataset:
         raise DatasetError(f"{self.name}: no readable image left") from error
 
     def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(np.concatenate([r.labels for r in self.records] or [np.zeros(0, int)]),
-                             minlength=self.num_classes + 1)
+        counts = np.bincount(
+            np.concatenate([r.labels for r in self.records] or [np.zeros(0, int)]), minlength=self.num_classes + 1
+        )
         return {n: int(c) for n, c in zip(self.class_names, counts[1:])}
 
 

@@ -1,4 +1,5 @@
 """Datasets from a :class:`~multibox.config.DataConfig`, and where to find them."""
+
 from __future__ import annotations
 
 import copy
@@ -33,7 +34,8 @@ def resolve_root(root: str) -> str:
                 return cand
     raise FileNotFoundError(
         f"dataset folder {root!r} not found (looked in: {', '.join(data_dirs())}); "
-        "pass --data PATH or set MULTIBOX_DATA")
+        "pass --data PATH or set MULTIBOX_DATA"
+    )
 
 
 _SLICE = re.compile(r"^(?P<split>.+)\[(?P<lo>\d+)?%?:(?P<hi>\d+)?%?\]$")
@@ -70,7 +72,7 @@ def load_split(cfg, split: str, class_names=None) -> DetectionDataset:
         ds = load_split(cfg, base, class_names)
         order = slice_order(len(ds))
         a, b = round(lo * len(ds)), round(hi * len(ds))
-        return subset(ds, sorted(order[a:b].tolist()), f"{ds.name}[{split[len(base) + 1:-1]}]")
+        return subset(ds, sorted(order[a:b].tolist()), f"{ds.name}[{split[len(base) + 1 : -1]}]")
     if isinstance(cfg.root, (list, tuple)):
         parts = []
         for r in cfg.root:

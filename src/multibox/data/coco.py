@@ -8,12 +8,13 @@ drops near-empty strays too (e.g. a category with a single stray box). Images
 without annotations are kept as negatives. ``iscrowd`` objects are kept as
 "difficult" (ignored by the VOC metric, not used as training targets).
 """
+
 from __future__ import annotations
 
 import json
 import os
 from collections import Counter, defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -114,8 +115,16 @@ def coco_dataset(
         boxes = np.array([o[0] for o in objs], np.float32).reshape(-1, 4)
         h, w = im.get("height"), im.get("width")
         size = (int(h), int(w)) if h and w else None
-        records.append(Record(path, im["id"], boxes, np.array([o[1] for o in objs], np.int64),
-                              np.array([o[2] for o in objs], bool), size))
+        records.append(
+            Record(
+                path,
+                im["id"],
+                boxes,
+                np.array([o[1] for o in objs], np.int64),
+                np.array([o[2] for o in objs], bool),
+                size,
+            )
+        )
     if not records:
         raise DatasetError(f"{src}: no images")
     name = os.path.basename(os.path.dirname(os.path.abspath(annotation_file)))

@@ -2,13 +2,17 @@
 
 Never needed when the data are already on disk, and never used by the tests.
 """
+
 from __future__ import annotations
 
 import io
+import logging
 import os
 import shutil
 import urllib.request
 import zipfile
+
+log = logging.getLogger(__name__)
 
 BCCD_ARCHIVE = "https://github.com/Shenggan/BCCD_Dataset/archive/refs/heads/master.zip"
 
@@ -18,7 +22,7 @@ def download_bccd(dest: str, url: str = BCCD_ARCHIVE, timeout: float = 60.0) -> 
     target = os.path.join(dest, "bccd")
     if os.path.isdir(os.path.join(target, "Annotations")):
         return target
-    print(f"downloading BCCD from {url} ...")
+    log.info(f"downloading BCCD from {url} ...")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             data = r.read()

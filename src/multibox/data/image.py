@@ -5,6 +5,7 @@ RGB; EXIF orientation is applied so the pixels are upright, as a viewer shows
 them (annotation tools label the displayed image). The header is checked
 before decoding so an image too large to decode safely is refused.
 """
+
 from __future__ import annotations
 
 import os

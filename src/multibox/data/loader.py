@@ -6,6 +6,7 @@ sampler yields ``(epoch, index)`` pairs, so augmentation draws depend only on
 ``torchrun`` each process takes its own shard (DistributedSampler semantics:
 the shuffled order is split round-robin across ranks).
 """
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,15 @@ from .transforms import collate
 class EpochShuffleSampler(Sampler):
     """Yields ``(epoch, index)``: a permutation seeded by ``(seed, epoch)``, sharded over ranks."""
 
-    def __init__(self, size: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
         self.size, self.shuffle, self.seed = size, shuffle, seed
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
         self.epoch = 0
@@ -64,13 +72,25 @@ class _EpochDataset(Dataset):
         return t(sample, index)
 
 
-def make_loader(dataset: DetectionDataset, batch_size: int, train: bool, workers: int = 1, seed: int = 0,
-                rank: int = 0, world_size: int = 1) -> DataLoader:
+def make_loader(
+    dataset: DetectionDataset,
+    batch_size: int,
+    train: bool,
+    workers: int = 1,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
     """A loader of collated batches; ``loader.sampler.set_epoch(e)`` before each training epoch."""
     sampler = EpochShuffleSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
     return DataLoader(
-        _EpochDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=workers,
-        collate_fn=collate, drop_last=train and len(dataset) // world_size >= 2 * batch_size,
-        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available(),
+        _EpochDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=train and len(dataset) // world_size >= 2 * batch_size,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers > 0 else None,
     )

@@ -22,6 +22,7 @@ lookup tables (it therefore also tints the mean-filled border, which only
 varies the padding colour). Randomness comes from a generator seeded by
 ``(seed, epoch, index)``, so a sample is the same whichever worker makes it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,9 @@ class AugmentConfig:
     channel_swap_prob: float = 0.5
 
 
-def random_crop_window(rng: np.random.Generator, width: float, height: float, boxes: np.ndarray,
-                       cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+def random_crop_window(
+    rng: np.random.Generator, width: float, height: float, boxes: np.ndarray, cfg: AugmentConfig
+) -> tuple[np.ndarray, np.ndarray]:
     """Pick a crop window ``[x1, y1, x2, y2]`` of a ``width x height`` image and the mask of
     boxes kept (centre inside). Returns the whole image when the drawn mode says so or no trial fits."""
     whole = np.array([0.0, 0.0, width, height])
@@ -76,7 +78,9 @@ def random_crop_window(rng: np.random.Generator, width: float, height: float, bo
             return win, keep_all
         if box_iou_numpy(win[None], boxes).max() < mode:
             continue
-        inside = (centres[:, 0] > win[0]) & (centres[:, 0] < win[2]) & (centres[:, 1] > win[1]) & (centres[:, 1] < win[3])
+        inside = (
+            (centres[:, 0] > win[0]) & (centres[:, 0] < win[2]) & (centres[:, 1] > win[1]) & (centres[:, 1] < win[3])
+        )
         if not inside.any():
             continue
         return win, inside
@@ -120,8 +124,14 @@ class SSDTransform:
         seed: base seed; ``set_epoch`` changes the draws each epoch.
     """
 
-    def __init__(self, size: tuple[int, int], train: bool = True, fill=(124, 116, 104),
-                 config: AugmentConfig | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        size: tuple[int, int],
+        train: bool = True,
+        fill=(124, 116, 104),
+        config: AugmentConfig | None = None,
+        seed: int = 0,
+    ) -> None:
         self.size = (int(size[0]), int(size[1]))
         self.train = train
         self.fill = tuple(float(v) for v in fill)
@@ -173,8 +183,9 @@ class SSDTransform:
             mi = m.copy()
             mi[0, 2] += 0.5 * m[0, 0] - 0.5
             mi[1, 2] += 0.5 * m[1, 1] - 0.5
-            out = cv2.warpAffine(img, mi, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                 borderValue=self.fill)
+            out = cv2.warpAffine(
+                img, mi, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=self.fill
+            )
         b = boxes[keep]
         x = b[:, [0, 2]] * m[0, 0] + m[0, 2]
         y = b[:, [1, 3]] * m[1, 1] + m[1, 2]

@@ -10,17 +10,17 @@
 VOC coordinates are 1-based inclusive pixels; we keep them as given (as most
 SSD code does), so a box ``[xmin, ymin, xmax, ymax]`` is used directly as xyxy.
 """
+
 from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from .base import DatasetError, DetectionDataset, Problems, Record
 from .image import IMAGE_EXTENSIONS
-
 
 
 def safe_join(root: str, name: str, what: str, source: str) -> str:
@@ -55,7 +55,9 @@ def parse_voc_xml(path: str) -> tuple[str | None, list[tuple[str, list[float], b
             try:
                 coords.append(float(text))
             except (TypeError, ValueError):
-                raise DatasetError(f"{path}: object {i} ({name}) has a missing or non-numeric <{tag}>: {text!r}") from None
+                raise DatasetError(
+                    f"{path}: object {i} ({name}) has a missing or non-numeric <{tag}>: {text!r}"
+                ) from None
         if not all(np.isfinite(coords)):
             raise DatasetError(f"{path}: object {i} ({name}) has a non-finite coordinate {coords}")
         difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true", "True")
@@ -102,7 +104,7 @@ def _build(
             raise DatasetError(f"{name}: no objects found, so no class names; pass class_names")
     index = {n: i + 1 for i, n in enumerate(class_names)}
     records = []
-    for xml_path, img_path, objects in parsed:
+    for _xml_path, img_path, objects in parsed:
         boxes, labels, diff = [], [], []
         for cls, box, d in objects:
             if cls not in index:
@@ -110,8 +112,15 @@ def _build(
                 continue
             boxes.append(box), labels.append(index[cls]), diff.append(d)
         image_id = os.path.splitext(os.path.basename(img_path))[0]
-        records.append(Record(img_path, image_id, np.array(boxes, np.float32).reshape(-1, 4),
-                              np.array(labels, np.int64), np.array(diff, bool)))
+        records.append(
+            Record(
+                img_path,
+                image_id,
+                np.array(boxes, np.float32).reshape(-1, 4),
+                np.array(labels, np.int64),
+                np.array(diff, bool),
+            )
+        )
     if not records:
         raise DatasetError(f"{name}: no images")
     return DetectionDataset(records, class_names, name, transform, problems)
@@ -183,5 +192,6 @@ def xml_folder_dataset(
                     img = cand
                     break
         entries.append((xml, img or os.path.join(img_dir, stem + ".jpg"), result))
-    return _build(entries, class_names, f"{os.path.basename(os.path.normpath(root))}/{split or 'all'}",
-                  skip_bad, transform)
+    return _build(
+        entries, class_names, f"{os.path.basename(os.path.normpath(root))}/{split or 'all'}", skip_bad, transform
+    )

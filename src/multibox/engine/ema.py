@@ -6,6 +6,7 @@ as ``d_n = min(decay, (1 + n) / (10 + n))`` over the first updates, so the avera
 not anchored to the random or ImageNet weights it started from. The averaged weights
 are the ones to evaluate and ship; the raw ones keep training.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,10 @@ class WeightAverage:
             raise ValueError(f"train.ema_decay must be in (0, 1) (0 turns averaging off), got {decay}")
         self.decay = decay
         self.updates = 0
-        self.state = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
-                      for k, v in model.state_dict().items()}
+        self.state = {
+            k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+            for k, v in model.state_dict().items()
+        }
 
     def current_decay(self) -> float:
         return min(self.decay, (1 + self.updates) / (10 + self.updates))

@@ -21,10 +21,12 @@
   loss is normalised by the positives of the whole global batch, and only
   rank 0 writes files.
 """
+
 from __future__ import annotations
 
 import copy
 import csv
+import logging
 import math
 import os
 import random
@@ -37,16 +39,18 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import Config, save_config
+from ..core.losses import FocalLoss, MultiBoxLoss
+from ..core.matching import make_matcher
 from ..data.base import DetectionDataset
 from ..data.loader import make_loader
 from ..data.transforms import SSDTransform
-from ..core.losses import FocalLoss, MultiBoxLoss
-from ..core.matching import make_matcher
+from ..inference.checkpoint import atomic_save, load_checkpoint
+from ..inference.evaluate import evaluate_model
 from ..models import SSD, create_model
 from ..models.layers import cpu_has_fast_bf16
-from ..inference.checkpoint import atomic_save, load_checkpoint
 from .ema import WeightAverage
-from ..inference.evaluate import evaluate_model
+
+log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
@@ -116,8 +120,7 @@ def _distributed() -> tuple[int, int]:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, datasets: dict[str, DetectionDataset] | None = None,
-                 progress: bool = True) -> None:
+    def __init__(self, cfg: Config, datasets: dict[str, DetectionDataset] | None = None, progress: bool = True) -> None:
         self.cfg = cfg
         t = cfg.train
         self.rank, self.world = _distributed()
@@ -126,7 +129,9 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         if t.device == "auto":
-            self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu")
+            self.device = torch.device(
+                f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+            )
         else:
             self.device = torch.device(t.device)
         if self.device.type == "cuda":
@@ -157,11 +162,19 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
 
         fill = tuple(float(v) for v in self.model.mean.flatten().tolist())
-        train_set = train_set.with_transform(SSDTransform(self.model.image_size, train=True, fill=fill,
-                                                          config=cfg.data.augment, seed=t.seed))
+        train_set = train_set.with_transform(
+            SSDTransform(self.model.image_size, train=True, fill=fill, config=cfg.data.augment, seed=t.seed)
+        )
         self.datasets["train"] = train_set
-        self.loader = make_loader(train_set, t.batch_size // self.world, train=True, workers=cfg.data.workers,
-                                  seed=t.seed, rank=self.rank, world_size=self.world)
+        self.loader = make_loader(
+            train_set,
+            t.batch_size // self.world,
+            train=True,
+            workers=cfg.data.workers,
+            seed=t.seed,
+            rank=self.rank,
+            world_size=self.world,
+        )
         self.iters_per_epoch = len(self.loader)
         if t.iterations:
             self.epochs = math.ceil(t.iterations / self.iters_per_epoch)
@@ -179,8 +192,13 @@ class Trainer:
         self.loss_fn = self.loss_fn.to(self.device)
         self.optimizer = make_sgd(param_groups(self.model, t.weight_decay), t.lr, t.momentum, self.device)
         self.ema = WeightAverage(self.model, t.ema_decay) if t.ema_decay else None
-        self.ddp = (nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
-                    if self.world > 1 else None)
+        self.ddp = (
+            nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device] if self.device.type == "cuda" else None
+            )
+            if self.world > 1
+            else None
+        )
 
         self.amp_dtype = self._amp_dtype(t.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
@@ -224,8 +242,13 @@ class Trainer:
     # --- one step -------------------------------------------------------------
 
     def _bn_buffers(self) -> list[torch.Tensor]:
-        return [b for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
-                for b in (m.running_mean, m.running_var, m.num_batches_tracked) if b is not None]
+        return [
+            b
+            for m in self.model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+            for b in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if b is not None
+        ]
 
     def train_step(self, batch: dict) -> dict:
         """Forward, loss, backward and (unless the loss is not finite) an optimiser step."""
@@ -240,7 +263,9 @@ class Trainer:
         # BatchNorm statistics move during the forward pass; keep a copy so that a skipped
         # (non-finite) step leaves no trace, not even NaN running means.
         bn_state = [(b, b.clone()) for b in self._bn_buffers()]
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+        with torch.autocast(
+            self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        ):
             loc, logits = net(images)
         out = self.loss_fn(loc.float(), logits.float(), boxes, labels)
         loss = out.loss
@@ -265,7 +290,8 @@ class Trainer:
                 raise TrainingError(
                     f"the loss was not finite for {self.bad_steps} steps in a row (step {self.step}, lr {lr:.3g}); "
                     "likely causes: a learning rate too high for this batch size (lower train.lr or raise "
-                    "train.warmup_iters), or bad boxes in the data (check the dataset warnings)")
+                    "train.warmup_iters), or bad boxes in the data (check the dataset warnings)"
+                )
             self.step += 1
             return {"loss": float("nan"), "loc": float("nan"), "conf": float("nan"), "lr": lr, "skipped": True}
         self.bad_steps = 0
@@ -302,8 +328,14 @@ class Trainer:
         n_ok = 0
         images = 0
         start = time.perf_counter()
-        bar = tqdm(self.loader, desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.progress,
-                   leave=False, mininterval=1.0, dynamic_ncols=True)
+        bar = tqdm(
+            self.loader,
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            disable=not self.progress,
+            leave=False,
+            mininterval=1.0,
+            dynamic_ncols=True,
+        )
         for batch in bar:
             if self.step >= self.total_iters:
                 break
@@ -317,8 +349,14 @@ class Trainer:
             bar.set_postfix(loss=f"{r['loss']:.3f}", lr=f"{r['lr']:.2g}", img_s=f"{rate:.1f}")
         elapsed = time.perf_counter() - start
         stats = {k: v / max(n_ok, 1) for k, v in sums.items()}
-        stats.update(epoch=epoch + 1, step=self.step, lr=self.optimizer.param_groups[0]["lr"],
-                     images_per_s=images / max(elapsed, 1e-9), epoch_s=elapsed, skipped=self.skipped)
+        stats.update(
+            epoch=epoch + 1,
+            step=self.step,
+            lr=self.optimizer.param_groups[0]["lr"],
+            images_per_s=images / max(elapsed, 1e-9),
+            epoch_s=elapsed,
+            skipped=self.skipped,
+        )
         return stats
 
     def fit(self, stop_after_epoch: int | None = None) -> dict:
@@ -357,9 +395,16 @@ class Trainer:
     def _validate(self, dataset: DetectionDataset) -> float:
         value = torch.zeros(1)
         if self.is_main:
-            report = evaluate_model(self.eval_model(), dataset, batch_size=max(8, self.cfg.train.batch_size),
-                                    device=self.device, workers=self.cfg.data.workers, coco=False,
-                                    progress=self.progress, channels_last=self.channels_last)
+            report = evaluate_model(
+                self.eval_model(),
+                dataset,
+                batch_size=max(8, self.cfg.train.batch_size),
+                device=self.device,
+                workers=self.cfg.data.workers,
+                coco=False,
+                progress=self.progress,
+                channels_last=self.channels_last,
+            )
             value[0] = report.map
         if self.world > 1:
             value = value.to(self.device)
@@ -427,11 +472,13 @@ class Trainer:
                 w.writeheader()
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in stats.items()})
         if self.progress:
-            msg = (f"epoch {stats['epoch']}/{self.epochs}  loss {stats['loss']:.4f} (loc {stats['loc']:.3f}, "
-                   f"conf {stats['conf']:.3f})  lr {stats['lr']:.3g}  {stats['images_per_s']:.1f} img/s")
+            msg = (
+                f"epoch {stats['epoch']}/{self.epochs}  loss {stats['loss']:.4f} (loc {stats['loc']:.3f}, "
+                f"conf {stats['conf']:.3f})  lr {stats['lr']:.3g}  {stats['images_per_s']:.1f} img/s"
+            )
             if "val_mAP50" in stats:
                 msg += f"  val mAP50 {stats['val_mAP50']:.4f}"
-            tqdm.write(msg)
+            log.info(msg)
         if self._tb is False:
             return
         try:

@@ -1,4 +1,5 @@
 """Detection metrics: VOC AP (11-point and area) and COCO metrics, per-class reports."""
+
 from .evaluator import EvalReport, Evaluator
 from .voc import ClassResult, mean_ap, voc_ap
 

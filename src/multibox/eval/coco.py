@@ -5,17 +5,28 @@ with pycocotools' numbers).
 Our data are converted to COCO dicts without loss: boxes to ``[x, y, w, h]`` in
 pixels, labels back to the dataset's own category ids, images to integer ids.
 """
+
 from __future__ import annotations
 
 import contextlib
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 COCO_STAT_NAMES = (
-    "AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
-    "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large",
+    "AP",
+    "AP50",
+    "AP75",
+    "AP_small",
+    "AP_medium",
+    "AP_large",
+    "AR1",
+    "AR10",
+    "AR100",
+    "AR_small",
+    "AR_medium",
+    "AR_large",
 )
 
 
@@ -41,10 +52,16 @@ def coco_ground_truth(
         xywh = xyxy_to_xywh(boxes[i])
         crowd = np.zeros(len(xywh), dtype=bool) if iscrowd is None else np.asarray(iscrowd[i], dtype=bool)
         for b, l, c in zip(xywh, np.asarray(labels[i]).reshape(-1), crowd):
-            anns.append({
-                "id": ann_id, "image_id": int(img_id), "category_id": int(category_ids[int(l) - 1]),
-                "bbox": [float(v) for v in b], "area": float(b[2] * b[3]), "iscrowd": int(c),
-            })
+            anns.append(
+                {
+                    "id": ann_id,
+                    "image_id": int(img_id),
+                    "category_id": int(category_ids[int(l) - 1]),
+                    "bbox": [float(v) for v in b],
+                    "area": float(b[2] * b[3]),
+                    "iscrowd": int(c),
+                }
+            )
             ann_id += 1
     cats = [{"id": int(c), "name": str(n)} for c, n in zip(category_ids, class_names)]
     return {"images": images, "annotations": anns, "categories": cats}
@@ -61,10 +78,14 @@ def coco_results(
     out = []
     for img_id, b, s, l in zip(image_ids, boxes, scores, labels):
         for bb, ss, ll in zip(xyxy_to_xywh(b), np.asarray(s).reshape(-1), np.asarray(l).reshape(-1)):
-            out.append({
-                "image_id": int(img_id), "category_id": int(category_ids[int(ll) - 1]),
-                "bbox": [round(float(v), 3) for v in bb], "score": round(float(ss), 6),
-            })
+            out.append(
+                {
+                    "image_id": int(img_id),
+                    "category_id": int(category_ids[int(ll) - 1]),
+                    "bbox": [round(float(v), 3) for v in bb],
+                    "score": round(float(ss), 6),
+                }
+            )
     return out
 
 

@@ -13,13 +13,14 @@ that it overlaps most in its image; only those few numbers per detection are
 kept (plus the boxes, for COCO), so memory grows with the number of
 detections, never with image data. Any IoU threshold can then be evaluated.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -71,16 +72,22 @@ class EvalReport:
             r07, r = self.voc07[label], self.voc[label]
             fmt = lambda v: "   n/a" if v is None else f"{v:6.4f}"  # noqa: E731
             lines.append(f"{name:<{w}}  {fmt(r07.ap):>8}  {fmt(r.ap):>6}  {r.num_gt:>6}  {r.num_det:>7}")
-        lines.append(f"{'mean':<{w}}  {self.map07:8.4f}  {self.map:6.4f}  "
-                     f"{sum(r.num_gt for r in self.voc.values()):>6}  {sum(r.num_det for r in self.voc.values()):>7}")
+        lines.append(
+            f"{'mean':<{w}}  {self.map07:8.4f}  {self.map:6.4f}  "
+            f"{sum(r.num_gt for r in self.voc.values()):>6}  {sum(r.num_det for r in self.voc.values()):>7}"
+        )
         for t, v in sorted(self.ap_at.items()):
             lines.append(f"mAP@{t:.2f} (area): {v:.4f}")
         if self.coco:
-            lines.append("COCO: " + "  ".join(f"{k} {'n/a' if math.isnan(v) else f'{v:.4f}'}"
-                                              for k, v in self.coco.items()))
+            lines.append(
+                "COCO: " + "  ".join(f"{k} {'n/a' if math.isnan(v) else f'{v:.4f}'}" for k, v in self.coco.items())
+            )
         if self.errors:
-            lines += ["", "each class's best-scored detections, as many as its objects (IoU 0.5); "
-                      "missed: objects no detection finds"]
+            lines += [
+                "",
+                "each class's best-scored detections, as many as its objects (IoU 0.5); "
+                "missed: objects no detection finds",
+            ]
             lines.append(f"{'class':<{w}}  " + "  ".join(f"{k:>12}" for k in ERROR_KINDS))
             for label, name in enumerate(self.class_names, start=1):
                 lines.append(f"{name:<{w}}  " + "  ".join(f"{self.errors[label][k]:>12}" for k in ERROR_KINDS))
@@ -95,9 +102,13 @@ class EvalReport:
             "mAP50_voc07": clean(self.map07),
             "mAP50": clean(self.map),
             "per_class": {
-                name: {"AP50_voc07": self.voc07[l].ap, "AP50": self.voc[l].ap,
-                       "num_gt": self.voc[l].num_gt, "num_det": self.voc[l].num_det,
-                       "errors": None if self.errors is None else self.errors[l]}
+                name: {
+                    "AP50_voc07": self.voc07[l].ap,
+                    "AP50": self.voc[l].ap,
+                    "num_gt": self.voc[l].num_gt,
+                    "num_det": self.voc[l].num_det,
+                    "errors": None if self.errors is None else self.errors[l],
+                }
                 for l, name in enumerate(self.class_names, start=1)
             },
             "mAP_at_iou": {f"{t:.2f}": clean(v) for t, v in sorted(self.ap_at.items())},
@@ -230,8 +241,10 @@ class Evaluator:
 
     def voc(self, iou_threshold: float = 0.5, use_07_metric: bool = False) -> dict[int, ClassResult]:
         """Per-class VOC AP at one IoU threshold."""
-        return {label: class_result(*cols[:4], num_gt, iou_threshold, use_07_metric)
-                for label, cols, num_gt in self._per_class()}
+        return {
+            label: class_result(*cols[:4], num_gt, iou_threshold, use_07_metric)
+            for label, cols, num_gt in self._per_class()
+        }
 
     def errors(self, iou_threshold: float = 0.5) -> dict[int, dict[str, int]]:
         """Per class, what its best-scored detections are (see :func:`multibox.eval.voc.error_breakdown`)."""
@@ -241,21 +254,26 @@ class Evaluator:
         """COCO AP/AR through faster-coco-eval (difficult objects count as ordinary objects)."""
         image_ids = list(range(1, len(self._images) + 1))
         sizes = [s if s != (0, 0) else (1, 1) for s in self._images]
-        gt = coco_ground_truth(image_ids, sizes, self._gt_boxes, self._gt_labels, self.category_ids,
-                               self.class_names)
+        gt = coco_ground_truth(image_ids, sizes, self._gt_boxes, self._gt_labels, self.category_ids, self.class_names)
         det, _, _ = self._flat()
         boxes = np.concatenate(self._det_boxes) if self._det_boxes else np.zeros((0, 4))
         img = det[:, 0].astype(np.int64)
         order = np.argsort(img, kind="stable")
         per_image = np.split(order, np.cumsum(np.bincount(img, minlength=len(self._images)))[:-1])
-        res = coco_results(image_ids, [boxes[p] for p in per_image], [det[p, 2] for p in per_image],
-                           [det[p, 1].astype(np.int64) for p in per_image], self.category_ids)
+        res = coco_results(
+            image_ids,
+            [boxes[p] for p in per_image],
+            [det[p, 2] for p in per_image],
+            [det[p, 1].astype(np.int64) for p in per_image],
+            self.category_ids,
+        )
         return coco_evaluate(gt, res)
 
     def compute(self, coco: bool = True) -> EvalReport:
         """VOC AP at 0.5 with both interpolations, extra thresholds, and COCO metrics."""
-        report = EvalReport(self.class_names, self.voc(0.5, True), self.voc(0.5, False), num_images=len(self),
-                            errors=self.errors(0.5))
+        report = EvalReport(
+            self.class_names, self.voc(0.5, True), self.voc(0.5, False), num_images=len(self), errors=self.errors(0.5)
+        )
         for t in self.iou_thresholds:
             report.ap_at[t] = mean_ap(self.voc(t, False))
         if coco:

@@ -1,6 +1,7 @@
 """Evaluate detections stored in files: a COCO ground-truth JSON and a COCO
 results JSON (``[{"image_id", "category_id", "bbox": [x, y, w, h], "score"}]``).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,7 @@ def _xywh_to_xyxy(b, where: str) -> list[float]:
     return [x, y, x + w, y + h]
 
 
-def evaluate_coco_files(gt_path: str | os.PathLike, det_path: str | os.PathLike,
-                        iou_thresholds=(0.75,)) -> EvalReport:
+def evaluate_coco_files(gt_path: str | os.PathLike, det_path: str | os.PathLike, iou_thresholds=(0.75,)) -> EvalReport:
     """VOC and COCO metrics for a COCO results file against a COCO ground-truth file.
 
     Categories without annotations are evaluated as classes without ground truth.
@@ -73,6 +73,14 @@ def evaluate_coco_files(gt_path: str | os.PathLike, det_path: str | os.PathLike,
     for img_id, im in images.items():
         gb, gl, gd = gts.get(img_id, ([], [], []))
         db, ds, dl = dt.get(img_id, ([], [], []))
-        ev.add(img_id, np.array(gb).reshape(-1, 4), gl, np.array(db).reshape(-1, 4), ds, dl, difficult=gd,
-               image_size=(im.get("height", 1), im.get("width", 1)))
+        ev.add(
+            img_id,
+            np.array(gb).reshape(-1, 4),
+            gl,
+            np.array(db).reshape(-1, 4),
+            ds,
+            dl,
+            difficult=gd,
+            image_size=(im.get("height", 1), im.get("width", 1)),
+        )
     return ev.compute()

@@ -18,6 +18,7 @@ A class with no (non-difficult) ground truth has no AP; it is reported as
 The functions work on flat numpy arrays; :class:`multibox.eval.Evaluator`
 produces them incrementally.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -131,8 +132,14 @@ def error_breakdown(
     dup = fp & (overlaps[idx] > iou_threshold)
     conf = fp & ~dup & (other_overlaps[idx] > iou_threshold)
     loc = fp & ~dup & ~conf & (overlaps[idx] > low_iou)
-    return {"tp": int((t == 1).sum()), "duplicate": int(dup.sum()), "localization": int(loc.sum()),
-            "confusion": int(conf.sum()), "background": int((fp & ~dup & ~conf & ~loc).sum()), "missed": missed}
+    return {
+        "tp": int((t == 1).sum()),
+        "duplicate": int(dup.sum()),
+        "localization": int(loc.sum()),
+        "confusion": int(conf.sum()),
+        "background": int((fp & ~dup & ~conf & ~loc).sum()),
+        "missed": missed,
+    }
 
 
 def mean_ap(results: dict[int, ClassResult]) -> float:

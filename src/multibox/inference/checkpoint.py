@@ -5,6 +5,7 @@ lists, dicts), so it loads with ``torch.load(weights_only=True)``: nothing in
 it can run code. It holds everything needed to rebuild the detector (model
 name and arguments, class names) and to resume training exactly.
 """
+
 from __future__ import annotations
 
 import os

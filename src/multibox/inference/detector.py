@@ -8,10 +8,11 @@ Images may be file paths, ``(H, W, 3)`` uint8 RGB arrays, or ``(3, H, W)`` tenso
 (uint8 0-255, or float in 0-1). Each is resized to the model's input size; the
 boxes come back in pixels of the image as given.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from ..models.fuse import inference_copy
 from ..models.ssd import SSD
 from .images import ImageInput, image_list, resize_batch, to_rgb_array
 from .results import Prediction
+
 
 class Detector:
     """A trained :class:`~multibox.models.SSD` ready for use on ordinary images."""
@@ -31,15 +33,23 @@ class Detector:
         if os.fspath(path).lower().endswith(".onnx"):
             from .runtime import OnnxDetector
 
-            return OnnxDetector(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
-                                if str(device).startswith("cuda") else None)
+            return OnnxDetector(
+                path,
+                providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") else None,
+            )
         from .checkpoint import model_from_checkpoint
 
         model, names = model_from_checkpoint(path)
         return cls(model, names, device)
 
-    def __init__(self, model: SSD, class_names: Sequence[str], device: str | torch.device = "cpu",
-                 tta: str | None = None, box_voting: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: SSD,
+        class_names: Sequence[str],
+        device: str | torch.device = "cpu",
+        tta: str | None = None,
+        box_voting: bool | None = None,
+    ) -> None:
         if len(class_names) != model.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
         self.model = model.to(device).eval()
@@ -68,8 +78,9 @@ class Detector:
             sizes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.float32)
             batch = resize_batch(arrays, self.model.image_size).to(self.device).float()
             batch = batch.contiguous(memory_format=torch.channels_last)
-            det = self._net.predict(batch, sizes.to(self.device), conf, iou, max_det, tta=self.tta,
-                                    box_voting=self.box_voting)
+            det = self._net.predict(
+                batch, sizes.to(self.device), conf, iou, max_det, tta=self.tta, box_voting=self.box_voting
+            )
             for i, d in enumerate(det.per_image()):
                 labels = d["labels"].cpu().numpy()
                 src = chunk[i]

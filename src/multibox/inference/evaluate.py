@@ -1,7 +1,8 @@
 """Run a detector over a dataset and score it (VOC AP, COCO metrics)."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from tqdm import tqdm
@@ -20,8 +21,15 @@ def eval_view(dataset: DetectionDataset, model: SSD) -> DetectionDataset:
 
 
 @torch.no_grad()
-def predict_dataset(model: SSD, dataset: DetectionDataset, batch_size: int = 16, device="cpu", workers: int = 1,
-                    progress: bool = True, channels_last: bool = False) -> Iterator[tuple[int, dict]]:
+def predict_dataset(
+    model: SSD,
+    dataset: DetectionDataset,
+    batch_size: int = 16,
+    device="cpu",
+    workers: int = 1,
+    progress: bool = True,
+    channels_last: bool = False,
+) -> Iterator[tuple[int, dict]]:
     """Yields ``(record index, {"boxes", "scores", "labels"})`` in dataset order, boxes in original pixels."""
     model.eval()
     loader = make_loader(eval_view(dataset, model), batch_size, train=False, workers=workers)
@@ -37,16 +45,32 @@ def predict_dataset(model: SSD, dataset: DetectionDataset, batch_size: int = 16,
             index += 1
 
 
-def evaluate_model(model: SSD, dataset: DetectionDataset, batch_size: int = 16, device="cpu", workers: int = 1,
-                   coco: bool = True, progress: bool = True, keep_predictions: bool = False,
-                   channels_last: bool = False):
+def evaluate_model(
+    model: SSD,
+    dataset: DetectionDataset,
+    batch_size: int = 16,
+    device="cpu",
+    workers: int = 1,
+    coco: bool = True,
+    progress: bool = True,
+    keep_predictions: bool = False,
+    channels_last: bool = False,
+):
     """Score ``model`` on ``dataset``; returns the :class:`EvalReport` (and predictions if asked)."""
     ev = Evaluator(dataset.class_names, dataset.category_ids, iou_thresholds=(0.75,))
     kept = []
     for i, d in predict_dataset(model, dataset, batch_size, device, workers, progress, channels_last):
         r = dataset.records[i]
-        ev.add(r.image_id, r.boxes, r.labels, d["boxes"], d["scores"], d["labels"], difficult=r.difficult,
-               image_size=r.size)
+        ev.add(
+            r.image_id,
+            r.boxes,
+            r.labels,
+            d["boxes"],
+            d["scores"],
+            d["labels"],
+            difficult=r.difficult,
+            image_size=r.size,
+        )
         if keep_predictions:
             kept.append(d)
     report: EvalReport = ev.compute(coco=coco)

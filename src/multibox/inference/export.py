@@ -18,19 +18,20 @@ clip, the best ``candidates_per_class`` per class, per-class greedy NMS (ONNX's
     export_onnx(model, "model.onnx", class_names)
     OnnxDetector("model.onnx").predict(["a.jpg"])   # multibox.inference.runtime
 """
+
 from __future__ import annotations
 
 import json
 import os
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..core.boxes import clip_boxes, decode_boxes
-from ..models.ssd import SSD
 from ..core.nms import overlaps_above
+from ..models.ssd import SSD
 
 OPSET = 17
 
@@ -84,8 +85,13 @@ class ExportableSSD(nn.Module):
         cand = torch.gather(boxes.unsqueeze(1).expand(-1, c, -1, -1), 2, top_idx.unsqueeze(-1).expand(-1, -1, -1, 4))
         flat_boxes = cand.reshape(-1, k, 4)
         flat_scores = top_scores.reshape(-1, 1, k)
-        selected = _NonMaxSuppression.apply(flat_boxes, flat_scores, torch.tensor([k], dtype=torch.int64),
-                                            iou_threshold.reshape(1), score_threshold.reshape(1))
+        selected = _NonMaxSuppression.apply(
+            flat_boxes,
+            flat_scores,
+            torch.tensor([k], dtype=torch.int64),
+            iou_threshold.reshape(1),
+            score_threshold.reshape(1),
+        )
         pos = selected[:, 0] * k + selected[:, 2]
         all_scores = flat_scores.reshape(-1)
         kept = torch.full_like(all_scores, -1.0).index_put((pos,), all_scores[pos])
@@ -106,8 +112,9 @@ class ExportableSSD(nn.Module):
         )
 
 
-def _vote(kept: Tensor, cls: Tensor, cand: Tensor, cand_scores: Tensor, score_threshold: Tensor,
-          iou_threshold: Tensor) -> Tensor:
+def _vote(
+    kept: Tensor, cls: Tensor, cand: Tensor, cand_scores: Tensor, score_threshold: Tensor, iou_threshold: Tensor
+) -> Tensor:
     """:func:`multibox.nms.vote_boxes` on dense blocks: ``kept (N, D, 4)`` of classes ``cls (N, D)``
     against the candidates ``cand (N, C, K, 4)`` with ``cand_scores (N, C, K)`` of their class
     (those above the score threshold vote)."""
@@ -143,23 +150,40 @@ def export_onnx(
         raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
     wrapper = ExportableSSD(model.cpu().float(), max_detections).eval()
     h, w = model.image_size
-    example = (torch.rand(2, 3, h, w) * 255, torch.tensor(model.postprocess_config.score_threshold),
-               torch.tensor(model.postprocess_config.iou_threshold))
+    example = (
+        torch.rand(2, 3, h, w) * 255,
+        torch.tensor(model.postprocess_config.score_threshold),
+        torch.tensor(model.postprocess_config.iou_threshold),
+    )
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about Python scalars that are constants here
         if postprocess:
             torch.onnx.export(
-                wrapper, example, path, dynamo=False, opset_version=opset,
+                wrapper,
+                example,
+                path,
+                dynamo=False,
+                opset_version=opset,
                 input_names=["images", "score_threshold", "iou_threshold"],
                 output_names=["boxes", "scores", "labels", "num"],
-                dynamic_axes={"images": {0: "batch"}, "boxes": {0: "batch"}, "scores": {0: "batch"},
-                              "labels": {0: "batch"}, "num": {0: "batch"}},
+                dynamic_axes={
+                    "images": {0: "batch"},
+                    "boxes": {0: "batch"},
+                    "scores": {0: "batch"},
+                    "labels": {0: "batch"},
+                    "num": {0: "batch"},
+                },
             )
         else:
             torch.onnx.export(
-                wrapper.model, example[:1], path, dynamo=False, opset_version=opset,
-                input_names=["images"], output_names=["offsets", "logits"],
+                wrapper.model,
+                example[:1],
+                path,
+                dynamo=False,
+                opset_version=opset,
+                input_names=["images"],
+                output_names=["offsets", "logits"],
                 dynamic_axes={"images": {0: "batch"}, "offsets": {0: "batch"}, "logits": {0: "batch"}},
             )
     proto = onnx.load(path)
@@ -192,8 +216,13 @@ def export_program(model: SSD, path: str | os.PathLike, class_names: Sequence[st
     path = os.fspath(path)
     model = model.cpu().float().eval()
     h, w = model.image_size
-    meta = {"class_names": list(class_names), "image_size": [h, w], "score_type": model.score_type,
-            "variances": list(model.variances), "priors": model.priors.tolist()}
+    meta = {
+        "class_names": list(class_names),
+        "image_size": [h, w],
+        "score_type": model.score_type,
+        "variances": list(model.variances),
+        "priors": model.priors.tolist(),
+    }
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
         program = torch.export.export(model, (torch.rand(2, 3, h, w) * 255,), dynamic_shapes=({0: batch},))

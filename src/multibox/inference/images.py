@@ -4,10 +4,11 @@ and batches resized to a model's input.
 An image may be a file path, an ``(H, W, 3)`` uint8 RGB array (``(H, W)`` grey and
 ``(H, W, 4)`` RGBA are accepted), or a ``(3, H, W)`` tensor (uint8 0-255, or float in 0-1).
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence, Union
+from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from ..data.image import read_image
 
-ImageInput = Union[str, os.PathLike, np.ndarray, Tensor]
+ImageInput = str | os.PathLike | np.ndarray | Tensor
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:

@@ -20,6 +20,7 @@ Key mapping (torchvision -> multibox)::
 ImageNet backbones in torchvision layout are loaded by the model zoo itself
 (``backbone_weights=`` of ``ssd300_vgg16`` and ``ssd_resnet*``).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,15 +40,96 @@ TORCHVISION_SSD300_KWARGS = {
 
 # COCO category names by id 1..90 ("N/A" for the ids COCO does not use).
 COCO91_NAMES = [
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "N/A", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "N/A", "backpack", "umbrella", "N/A", "N/A", "handbag", "tie",
-    "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
-    "skateboard", "surfboard", "tennis racket", "bottle", "N/A", "wine glass", "cup", "fork", "knife", "spoon",
-    "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake",
-    "chair", "couch", "potted plant", "bed", "N/A", "dining table", "N/A", "N/A", "toilet", "N/A", "tv", "laptop",
-    "mouse", "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "N/A",
-    "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "N/A",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "N/A",
+    "backpack",
+    "umbrella",
+    "N/A",
+    "N/A",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "N/A",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "N/A",
+    "dining table",
+    "N/A",
+    "N/A",
+    "toilet",
+    "N/A",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "N/A",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 ]
 
 
@@ -84,8 +166,10 @@ def convert_torchvision_ssd300(state_dict: dict[str, Tensor]) -> dict[str, Tenso
         else:
             out[new] = value
     if unknown:
-        raise KeyError(f"not a torchvision ssd300_vgg16 state dict: no place for {unknown[:5]}"
-                       + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+        raise KeyError(
+            f"not a torchvision ssd300_vgg16 state dict: no place for {unknown[:5]}"
+            + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        )
     return out
 
 
@@ -101,8 +185,9 @@ def ssd300_from_torchvision(state_dict: dict[str, Tensor] | str | os.PathLike) -
     model = create_model("ssd300_vgg16", num_classes=num_classes, **TORCHVISION_SSD300_KWARGS)
     missing, unexpected = model.load_state_dict(converted, strict=False)
     if missing or unexpected:
-        raise KeyError(f"torchvision ssd300_vgg16 weights do not fit: missing {missing[:5]}, "
-                       f"unexpected {unexpected[:5]}")
+        raise KeyError(
+            f"torchvision ssd300_vgg16 weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     names = COCO91_NAMES if num_classes == 90 else [f"class{i}" for i in range(1, num_classes + 1)]
     return model, list(names)
 
@@ -112,7 +197,14 @@ def import_torchvision_ssd300(weights: str | os.PathLike, out: str | os.PathLike
     from .checkpoint import atomic_save
 
     model, names = ssd300_from_torchvision(weights)
-    atomic_save({"model": model.state_dict(), "model_name": "ssd300_vgg16",
-                 "model_kwargs": dict(TORCHVISION_SSD300_KWARGS), "class_names": names,
-                 "source": f"torchvision ssd300_vgg16 weights {os.path.basename(os.fspath(weights))}"}, out)
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "model_name": "ssd300_vgg16",
+            "model_kwargs": dict(TORCHVISION_SSD300_KWARGS),
+            "class_names": names,
+            "source": f"torchvision ssd300_vgg16 weights {os.path.basename(os.fspath(weights))}",
+        },
+        out,
+    )
     return os.fspath(out)

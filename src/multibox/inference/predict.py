@@ -11,15 +11,16 @@ becomes ``<name>.mp4`` with boxes drawn on every frame (its frames are images
 skipped; ``summary.json`` counts detections per class. Images are streamed in
 batches (read ahead on a thread), so memory does not grow with the number of files.
 """
+
 from __future__ import annotations
 
 import glob
 import json
 import os
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -39,15 +40,22 @@ class PredictSummary:
     videos: list[str] = field(default_factory=list)
 
     def table(self) -> str:
-        lines = [f"{self.images} images, {self.detections} detections"
-                 + (f", {len(self.failed)} unreadable (see failed.txt)" if self.failed else "")]
+        lines = [
+            f"{self.images} images, {self.detections} detections"
+            + (f", {len(self.failed)} unreadable (see failed.txt)" if self.failed else "")
+        ]
         for name, n in sorted(self.per_class.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {name:<24} {n:>7}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"images": self.images, "detections": self.detections, "per_class": dict(self.per_class),
-                "failed": [{"file": f, "error": e} for f, e in self.failed], "videos": self.videos}
+        return {
+            "images": self.images,
+            "detections": self.detections,
+            "per_class": dict(self.per_class),
+            "failed": [{"file": f, "error": e} for f, e in self.failed],
+            "videos": self.videos,
+        }
 
 
 def expand_sources(sources: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -63,8 +71,12 @@ def expand_sources(sources: Sequence[str]) -> tuple[list[str], list[str]]:
     for src in sources:
         src = os.fspath(src)
         if os.path.isdir(src):
-            found = sorted(os.path.join(root, f) for root, _, files in os.walk(src) for f in files
-                           if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+            found = sorted(
+                os.path.join(root, f)
+                for root, _, files in os.walk(src)
+                for f in files
+                if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+            )
             if not found:
                 raise FileNotFoundError(f"{src}: folder has no images or videos")
             for f in found:
@@ -101,13 +113,13 @@ def _read(path: str) -> tuple[str, np.ndarray | None, str | None]:
 
 def _batches(paths: Sequence[str], batch_size: int) -> Iterator[list[tuple[str, np.ndarray | None, str | None]]]:
     """Read images a batch ahead on a worker thread (decoding releases the GIL)."""
-    chunks = [paths[i:i + batch_size] for i in range(0, len(paths), batch_size)]
+    chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         pending = pool.map(lambda c: [_read(p) for p in c], chunks[:1])
         for i in range(len(chunks)):
             current = list(pending)[0]
             if i + 1 < len(chunks):
-                pending = pool.map(lambda c: [_read(p) for p in c], chunks[i + 1:i + 2])
+                pending = pool.map(lambda c: [_read(p) for p in c], chunks[i + 1 : i + 2])
             yield current
 
 
@@ -129,8 +141,10 @@ class _JsonArrayWriter:
 
 
 def _labels_text(pred) -> str:
-    return "".join(f"{n.replace(' ', '_')} {s:.4f} {b[0]:.1f} {b[1]:.1f} {b[2]:.1f} {b[3]:.1f}\n"
-                   for n, s, b in zip(pred.names, pred.scores, pred.boxes))
+    return "".join(
+        f"{n.replace(' ', '_')} {s:.4f} {b[0]:.1f} {b[1]:.1f} {b[2]:.1f} {b[3]:.1f}\n"
+        for n, s, b in zip(pred.names, pred.scores, pred.boxes)
+    )
 
 
 def predict_files(
@@ -175,8 +189,9 @@ def predict_files(
             with open(os.path.join(txt_dir, f"{name}.txt"), "w") as f:
                 f.write(_labels_text(pred))
         if draw and image is not None:
-            save_image(os.path.join(img_dir, f"{name}.jpg"),
-                       draw_boxes(image, pred.boxes, pred.labels, names, pred.scores))
+            save_image(
+                os.path.join(img_dir, f"{name}.jpg"), draw_boxes(image, pred.boxes, pred.labels, names, pred.scores)
+            )
 
     try:
         bar = tqdm(total=len(image_paths), desc="predict", unit="img", disable=not progress or not image_paths)
@@ -185,8 +200,11 @@ def predict_files(
             for p, _, err in batch:
                 if err is not None:
                     summary.failed.append((p, err))
-            preds = detector.predict([im for _, im in ok], conf=conf, iou=iou, max_det=max_det,
-                                     batch_size=batch_size) if ok else []
+            preds = (
+                detector.predict([im for _, im in ok], conf=conf, iou=iou, max_det=max_det, batch_size=batch_size)
+                if ok
+                else []
+            )
             for (p, im), pred in zip(ok, preds):
                 pred.source = p
                 record(pred, _unique_name(p, used), p, im)
@@ -195,16 +213,18 @@ def predict_files(
         bar.close()
         for v in video_paths:
             try:
-                _predict_video(detector, v, out_dir, _unique_name(v, used), conf, iou, max_det, batch_size,
-                               record, progress)
+                _predict_video(
+                    detector, v, out_dir, _unique_name(v, used), conf, iou, max_det, batch_size, record, progress
+                )
                 summary.videos.append(v)
             except ImageReadError as e:
                 summary.failed.append((v, str(e)))
     finally:
         dets.close()
         with open(os.path.join(out_dir, "images.json"), "w") as f:
-            json.dump({"images": image_entries,
-                       "categories": [{"id": i, "name": n} for i, n in enumerate(names, start=1)]}, f)
+            json.dump(
+                {"images": image_entries, "categories": [{"id": i, "name": n} for i, n in enumerate(names, start=1)]}, f
+            )
         with open(os.path.join(out_dir, "summary.json"), "w") as f:
             json.dump(summary.to_dict(), f, indent=2)
         with open(os.path.join(out_dir, "failed.txt"), "w") as f:
@@ -242,8 +262,9 @@ def _predict_video(detector, path, out_dir, name, conf, iou, max_det, batch_size
                 drawn = draw_boxes(rgb, pred.boxes, pred.labels, detector.class_names, pred.scores)
                 if writer is None:
                     h, w = rgb.shape[:2]
-                    writer = cv2.VideoWriter(os.path.join(out_dir, f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"),
-                                             fps, (w, h))
+                    writer = cv2.VideoWriter(
+                        os.path.join(out_dir, f"{name}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h)
+                    )
                 writer.write(cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
             bar.update(len(frames))
     finally:

@@ -1,8 +1,9 @@
 """What a detector returns for one image: :class:`Prediction`."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -29,9 +30,14 @@ class Prediction:
         for b, s, l in zip(self.boxes, self.scores, self.labels):
             cat = int(category_ids[l - 1]) if category_ids is not None else int(l)
             x1, y1, x2, y2 = (float(v) for v in b)
-            out.append({"image_id": int(image_id), "category_id": cat,
-                        "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                        "score": round(float(s), 5)})
+            out.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": cat,
+                    "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
+                    "score": round(float(s), 5),
+                }
+            )
         return out
 
     def to_dict(self) -> dict:

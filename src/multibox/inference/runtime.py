@@ -4,11 +4,12 @@
     det = OnnxDetector("model.onnx")
     det.predict(["a.jpg"])   # Prediction objects, boxes in pixels of each image
 """
+
 from __future__ import annotations
 
 import json
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -19,8 +20,9 @@ from .results import Prediction
 class OnnxDetector:
     """Runs an exported ``.onnx`` detector with ONNX Runtime; the same ``predict`` as :class:`Detector`."""
 
-    def __init__(self, path: str | os.PathLike, providers: Sequence[str] | None = None,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, providers: Sequence[str] | None = None, threads: int | None = None
+    ) -> None:
         import onnxruntime as ort
 
         path = os.fspath(path)
@@ -63,8 +65,10 @@ class OnnxDetector:
     ) -> list[Prediction]:
         images = image_list(images)
         if self.outputs != "detections":
-            raise ValueError(f"{self.path} holds the network alone (exported with postprocess=False); "
-                             "export the checkpoint again without it to predict")
+            raise ValueError(
+                f"{self.path} holds the network alone (exported with postprocess=False); "
+                "export the checkpoint again without it to predict"
+            )
         if max_det is not None and max_det > self.max_detections:
             raise ValueError(f"max_det {max_det} is above the {self.max_detections} this model was exported with")
         results: list[Prediction] = []
@@ -79,12 +83,14 @@ class OnnxDetector:
                 scale = np.array([w, h, w, h], dtype=np.float32)
                 lab = labels[i, :n].astype(np.int64)
                 src = chunk[i]
-                results.append(Prediction(
-                    boxes=(boxes[i, :n] * scale).astype(np.float32),
-                    scores=scores[i, :n].astype(np.float32),
-                    labels=lab,
-                    names=[self.class_names[l - 1] for l in lab],
-                    image_size=(h, w),
-                    source=os.fspath(src) if isinstance(src, (str, os.PathLike)) else None,
-                ))
+                results.append(
+                    Prediction(
+                        boxes=(boxes[i, :n] * scale).astype(np.float32),
+                        scores=scores[i, :n].astype(np.float32),
+                        labels=lab,
+                        names=[self.class_names[l - 1] for l in lab],
+                        image_size=(h, w),
+                        source=os.fspath(src) if isinstance(src, (str, os.PathLike)) else None,
+                    )
+                )
         return results

@@ -17,6 +17,7 @@ outside the module tree (so ``state_dict`` is unchanged) and rebuilds them
 whenever the original weights change (``Tensor._version``) or the device or
 memory format does.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,8 +30,17 @@ from torch import Tensor, nn
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     # type(conv): a DepthwiseConv2d stays one (its gradients stay float32 under autocast)
-    fused = type(conv)(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                       conv.dilation, conv.groups, bias=True, padding_mode=conv.padding_mode).to(conv.weight)
+    fused = type(conv)(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+    ).to(conv.weight)
     fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
@@ -60,14 +70,21 @@ class ConvAct(nn.Module):
         self._cache: tuple = (None, None, None)
 
     def _fused(self, x: Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.bfloat16)
-                and self.conv.weight.dtype == torch.float32 and self.conv.padding_mode == "zeros"
-                and isinstance(self.conv.padding, tuple)  # not "same"
-                and (x.dtype == torch.float32 or torch.is_autocast_enabled("cpu"))  # else conv2d's dtype error
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad))
-                and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-                and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()
-                and _POINTWISE_CONV is not None)
+        return (
+            x.device.type == "cpu"
+            and x.dim() == 4
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and self.conv.weight.dtype == torch.float32
+            and self.conv.padding_mode == "zeros"
+            and isinstance(self.conv.padding, tuple)  # not "same"
+            and (x.dtype == torch.float32 or torch.is_autocast_enabled("cpu"))  # else conv2d's dtype error
+            and not (torch.is_grad_enabled() and (x.requires_grad or self.conv.weight.requires_grad))
+            and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting()
+            and not torch.onnx.is_in_onnx_export()
+            and not torch.compiler.is_compiling()
+            and _POINTWISE_CONV is not None
+        )
 
     def _weights(self, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
         w, b = self.conv.weight, self.conv.bias
@@ -82,8 +99,9 @@ class ConvAct(nn.Module):
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
         w, b = self._weights(dtype)
         c = self.conv
-        return _POINTWISE_CONV(x.to(dtype), w, b, list(c.padding), list(c.stride), list(c.dilation), c.groups,
-                               self.attr, self.scalars, "")
+        return _POINTWISE_CONV(
+            x.to(dtype), w, b, list(c.padding), list(c.stride), list(c.dilation), c.groups, self.attr, self.scalars, ""
+        )
 
 
 _POINTWISE_CONV = _pointwise_conv()
@@ -100,7 +118,7 @@ def _conv_bn_acts(m: nn.Module) -> list[tuple[str, str | None, str | None]]:
         for i, (name, child) in enumerate(children):
             if not isinstance(child, nn.Conv2d):
                 continue
-            after = children[i + 1:i + 3]
+            after = children[i + 1 : i + 3]
             bn = after.pop(0)[0] if after and isinstance(after[0][1], nn.BatchNorm2d) else None
             act = after[0][0] if after and isinstance(after[0][1], _FUSABLE_ACTS) else None
             found.append((name, bn, act))

@@ -4,9 +4,10 @@ A head turns each feature map ``(N, Ch, H, W)`` into ``(N, H*W*A, 4)`` offsets
 and ``(N, H*W*A, K)`` logits, with ``A`` prior shapes per cell; the flattening
 order (row, column, shape) matches :func:`multibox.priors.make_priors`.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -59,9 +60,7 @@ class SSDHead(nn.Module):
             return depthwise_separable(c, out) if lite else nn.Conv2d(c, out, 3, padding=1)
 
         self.regression = nn.ModuleList(predictor(c, a * 4) for c, a in zip(in_channels, priors_per_cell))
-        self.classification = nn.ModuleList(
-            predictor(c, a * num_logits) for c, a in zip(in_channels, priors_per_cell)
-        )
+        self.classification = nn.ModuleList(predictor(c, a * num_logits) for c, a in zip(in_channels, priors_per_cell))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)

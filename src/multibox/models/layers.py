@@ -14,6 +14,7 @@ gradient with the spatially flipped kernel, so it runs as a bf16 forward pass
 strides it is computed in float32 too. Frozen layers and inference, forward
 only, are plain autocast convolutions. On GPUs autocast applies as usual.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,13 @@ def _flipped_conv_padding(weight: Tensor, stride, padding, dilation, groups: int
     output gradient with the flipped kernel, or None where that does not hold (strided, dilated,
     not one filter per channel, or padding wider than the kernel)."""
     k = weight.shape[-2:]
-    if (tuple(stride) != (1, 1) or tuple(dilation) != (1, 1) or weight.shape[1] != 1
-            or weight.shape[0] != groups or any(p > kk - 1 for p, kk in zip(padding, k))):
+    if (
+        tuple(stride) != (1, 1)
+        or tuple(dilation) != (1, 1)
+        or weight.shape[1] != 1
+        or weight.shape[0] != groups
+        or any(p > kk - 1 for p, kk in zip(padding, k))
+    ):
         return None
     return [kk - 1 - p for p, kk in zip(padding, k)]
 
@@ -62,7 +68,8 @@ class MixedDepthwise(torch.autograd.Function):
             # the input's values matter only to the weight gradient; otherwise only its shape and layout do
             x32 = x.float() if need[1] else torch.empty_like(x, dtype=torch.float32)
             gx32, gw, gb = torch.ops.aten.convolution_backward(
-                grad.float(), x32, weight, bias_sizes, stride, padding, dilation, False, [0, 0], groups, need)
+                grad.float(), x32, weight, bias_sizes, stride, padding, dilation, False, [0, 0], groups, need
+            )
             if gx32 is not None:
                 gx = gx32.to(x.dtype)
         return gx, gw, gb, None, None, None, None
@@ -75,12 +82,19 @@ class DepthwiseConv2d(nn.Conv2d):
         return torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))
 
     def forward(self, x: Tensor) -> Tensor:
-        if (x.device.type != "cpu" or not torch.is_autocast_enabled("cpu") or not self._needs_grad(x)
-                or isinstance(self.padding, str) or self.padding_mode != "zeros" or self.weight.dtype != torch.float32):
+        if (
+            x.device.type != "cpu"
+            or not torch.is_autocast_enabled("cpu")
+            or not self._needs_grad(x)
+            or isinstance(self.padding, str)
+            or self.padding_mode != "zeros"
+            or self.weight.dtype != torch.float32
+        ):
             return super().forward(x)
         low = torch.get_autocast_dtype("cpu")
-        return MixedDepthwise.apply(x.to(low), self.weight, self.bias, self.stride, self.padding, self.dilation,
-                                    self.groups)
+        return MixedDepthwise.apply(
+            x.to(low), self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+        )
 
 
 class _ReLU6InPlace(torch.autograd.Function):

@@ -10,10 +10,11 @@ One forward pass, top to bottom:
 :meth:`SSD.predict` adds decoding, score filtering, per-class NMS and top-k
 (see :func:`multibox.nms.postprocess`).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -115,8 +116,12 @@ class SSD(nn.Module):
         """
         count = 0
         for m in self.backbone.modules():
-            if (isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
-                    and min(m.kernel_size) >= min_kernel):
+            if (
+                isinstance(m, nn.Conv2d)
+                and m.groups > 1
+                and m.groups == m.in_channels == m.out_channels
+                and min(m.kernel_size) >= min_kernel
+            ):
                 m.weight.requires_grad_(False)
                 count += m.weight.numel()
         return count
@@ -124,10 +129,11 @@ class SSD(nn.Module):
     def freeze_batchnorm(self) -> None:
         """Keep every BatchNorm layer in eval mode (running statistics, no updates)."""
         self._frozen = list(getattr(self, "_frozen", [])) + [
-            m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
         self.train(self.training)
 
-    def train(self, mode: bool = True) -> "SSD":
+    def train(self, mode: bool = True) -> SSD:
         super().train(mode)
         for m in getattr(self, "_frozen", []):
             m.eval()
@@ -208,5 +214,6 @@ class SSD(nn.Module):
         for flip in flips:
             views.append(self(mirror_images(images, *flip)))
             partners.append(mirror_partners(self.prior_maps, *flip).to(images.device))
-        return merge_views(views, partners, [(False, False, False), *flips], self.priors, self.score_type,
-                           self.variances)
+        return merge_views(
+            views, partners, [(False, False, False), *flips], self.priors, self.score_type, self.variances
+        )

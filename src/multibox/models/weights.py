@@ -3,11 +3,12 @@
 Only tensors and plain containers are ever unpickled (``weights_only=True``);
 safetensors files are read with the safetensors library.
 """
+
 from __future__ import annotations
 
 import os
 import pickle
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor
@@ -60,7 +61,6 @@ def check_state_dict(own: Mapping[str, Tensor], given: Mapping[str, Tensor], wha
         parts.append(f"unexpected {few(unexpected)}")
     if wrong:
         parts.append(
-            "wrong shape "
-            + "; ".join(f"{k} {tuple(given[k].shape)} != {tuple(own[k].shape)}" for k in wrong[:3])
+            "wrong shape " + "; ".join(f"{k} {tuple(given[k].shape)} != {tuple(own[k].shape)}" for k in wrong[:3])
         )
     raise ValueError(f"{what}: " + "; ".join(parts))

@@ -4,25 +4,37 @@ Each builder below declares its model's defaults (input size, priors,
 normalisation, score type) beside the code that uses them. ``num_classes`` is
 the number of object classes; softmax heads add the background column.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
 from ..core.losses import prior_probability_bias
-from ..core.priors import SSD300_RATIOS, SSD300_SCALES, SSD300_SIZES, SSD512_RATIOS, SSD512_SCALES, SSD512_SIZES, grid_feature_maps, linear_scales, ssd_feature_maps
+from ..core.priors import (
+    SSD300_RATIOS,
+    SSD300_SCALES,
+    SSD300_SIZES,
+    SSD512_RATIOS,
+    SSD512_SCALES,
+    SSD512_SIZES,
+    grid_feature_maps,
+    linear_scales,
+    ssd_feature_maps,
+)
 from .backbones.efficientnet import IMAGE_MEAN as LITE_MEAN
 from .backbones.efficientnet import IMAGE_STD as LITE_STD
 from .backbones.efficientnet import EfficientNetLite, load_lite_weights
-from .heads import SSD300_EXTRAS, SSD512_EXTRAS, SSDHead, lite_extra_layers, ssd_extra_layers
 from .backbones.resnet import ResNet, load_resnet_weights
-from .ssd import SSD, PostprocessConfig
 from .backbones.vgg import VGG16Reduced, convert_vgg16_imagenet
+from .heads import SSD300_EXTRAS, SSD512_EXTRAS, SSDHead, lite_extra_layers, ssd_extra_layers
+from .ssd import SSD, PostprocessConfig
 from .weights import read_state_dict
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+
 
 def list_models() -> list[str]:
     """Names accepted by :func:`create_model`."""
@@ -93,10 +105,26 @@ def _ssd_vgg16(
     extras = ssd_extra_layers(1024, extras_spec)
     prior_maps = ssd_feature_maps(sizes, scales, ratios, steps)
     in_ch = [512, 1024] + [row[1] for row in extras_spec]
-    head = SSDHead(in_ch, [m.num_priors_per_cell for m in prior_maps], _num_logits(num_classes, score_type),
-                   class_bias=_class_bias(score_type))
-    return SSD(backbone, extras, head, prior_maps, num_classes, (image_size, image_size), score_type,
-               mean, std, backbone_maps=(0, 1), clip_priors=clip_priors, postprocess_config=post)
+    head = SSDHead(
+        in_ch,
+        [m.num_priors_per_cell for m in prior_maps],
+        _num_logits(num_classes, score_type),
+        class_bias=_class_bias(score_type),
+    )
+    return SSD(
+        backbone,
+        extras,
+        head,
+        prior_maps,
+        num_classes,
+        (image_size, image_size),
+        score_type,
+        mean,
+        std,
+        backbone_maps=(0, 1),
+        clip_priors=clip_priors,
+        postprocess_config=post,
+    )
 
 
 def ssd300_vgg16(
@@ -114,8 +142,22 @@ def ssd300_vgg16(
 
     ``backbone_weights``: a torchvision-layout ImageNet VGG16 state dict file (fc6/fc7 are decimated).
     """
-    return _ssd_vgg16("ssd300_vgg16", num_classes, 300, SSD300_EXTRAS, SSD300_SIZES, scales, SSD300_RATIOS,
-                      backbone_weights, score_type, mean, std, clip_priors, steps, kwargs)
+    return _ssd_vgg16(
+        "ssd300_vgg16",
+        num_classes,
+        300,
+        SSD300_EXTRAS,
+        SSD300_SIZES,
+        scales,
+        SSD300_RATIOS,
+        backbone_weights,
+        score_type,
+        mean,
+        std,
+        clip_priors,
+        steps,
+        kwargs,
+    )
 
 
 def ssd512_vgg16(
@@ -130,8 +172,22 @@ def ssd512_vgg16(
     **kwargs,
 ) -> SSD:
     """SSD512: VGG16 reduced, 7 maps 64/32/16/8/4/2/1, 4-6-6-6-6-4-4 priors per cell, 24564 priors."""
-    return _ssd_vgg16("ssd512_vgg16", num_classes, 512, SSD512_EXTRAS, SSD512_SIZES, scales, SSD512_RATIOS,
-                      backbone_weights, score_type, mean, std, clip_priors, steps, kwargs)
+    return _ssd_vgg16(
+        "ssd512_vgg16",
+        num_classes,
+        512,
+        SSD512_EXTRAS,
+        SSD512_SIZES,
+        scales,
+        SSD512_RATIOS,
+        backbone_weights,
+        score_type,
+        mean,
+        std,
+        clip_priors,
+        steps,
+        kwargs,
+    )
 
 
 # --- ResNet walkthrough SSD ---------------------------------------------------
@@ -175,10 +231,25 @@ def _ssd_resnet(
     ]
     cells = (image_size // 56, image_size // 112, image_size // 224)
     prior_maps = grid_feature_maps(cells=cells)
-    head = SSDHead([width] * 3, [m.num_priors_per_cell for m in prior_maps], _num_logits(num_classes, score_type),
-                   class_bias=_class_bias(score_type))
-    return SSD(backbone, extras, head, prior_maps, num_classes, (image_size, image_size), score_type,
-               IMAGENET_MEAN, IMAGENET_STD, backbone_maps=(), postprocess_config=post)
+    head = SSDHead(
+        [width] * 3,
+        [m.num_priors_per_cell for m in prior_maps],
+        _num_logits(num_classes, score_type),
+        class_bias=_class_bias(score_type),
+    )
+    return SSD(
+        backbone,
+        extras,
+        head,
+        prior_maps,
+        num_classes,
+        (image_size, image_size),
+        score_type,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        backbone_maps=(),
+        postprocess_config=post,
+    )
 
 
 def _resnet_builder(depth: int) -> Callable[..., SSD]:
@@ -191,8 +262,9 @@ def _resnet_builder(depth: int) -> Callable[..., SSD]:
         drop_hidden: float = 0.2,
         **kwargs,
     ) -> SSD:
-        return _ssd_resnet(depth, num_classes, backbone_weights, score_type, width, drop_input, drop_hidden,
-                           224, kwargs)
+        return _ssd_resnet(
+            depth, num_classes, backbone_weights, score_type, width, drop_input, drop_hidden, 224, kwargs
+        )
 
     build.__name__ = f"ssd_resnet{depth}"
     build.__doc__ = (
@@ -246,11 +318,26 @@ def _ssdlite_effl(
         scales = linear_scales(num_maps, 0.1, 0.9)
     prior_maps = ssd_feature_maps(sizes, scales, [tuple(aspect_ratios)] * num_maps)
     in_ch = [backbone.out_channels[stride_index[s]] for s in sorted(feature_strides)] + list(extra_channels)
-    head = SSDHead(in_ch, [m.num_priors_per_cell for m in prior_maps], _num_logits(num_classes, score_type),
-                   lite=lite_head, class_bias=_class_bias(score_type))
-    return SSD(backbone, extras, head, prior_maps, num_classes, (image_size, image_size), score_type,
-               LITE_MEAN, LITE_STD, backbone_maps=tuple(stride_index[s] for s in sorted(feature_strides)),
-               postprocess_config=post)
+    head = SSDHead(
+        in_ch,
+        [m.num_priors_per_cell for m in prior_maps],
+        _num_logits(num_classes, score_type),
+        lite=lite_head,
+        class_bias=_class_bias(score_type),
+    )
+    return SSD(
+        backbone,
+        extras,
+        head,
+        prior_maps,
+        num_classes,
+        (image_size, image_size),
+        score_type,
+        LITE_MEAN,
+        LITE_STD,
+        backbone_maps=tuple(stride_index[s] for s in sorted(feature_strides)),
+        postprocess_config=post,
+    )
 
 
 def _effl_builder(variant: int) -> Callable[..., SSD]:
@@ -267,8 +354,20 @@ def _effl_builder(variant: int) -> Callable[..., SSD]:
         lite_head: bool = True,
         **kwargs,
     ) -> SSD:
-        return _ssdlite_effl(variant, num_classes, pretrained_backbone, backbone_weights, image_size, score_type,
-                             feature_strides, scales, aspect_ratios, extra_channels, lite_head, kwargs)
+        return _ssdlite_effl(
+            variant,
+            num_classes,
+            pretrained_backbone,
+            backbone_weights,
+            image_size,
+            score_type,
+            feature_strides,
+            scales,
+            aspect_ratios,
+            extra_channels,
+            lite_head,
+            kwargs,
+        )
 
     build.__name__ = f"ssdlite_effl{variant}"
     build.__doc__ = (

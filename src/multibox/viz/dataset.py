@@ -4,9 +4,10 @@ after the training augmentation, optionally beside a model's predictions.
     grid = show_dataset(dataset, n=12, augment=SSDTransform((320, 320), train=True))
     save_image("show.jpg", grid)
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -14,8 +15,9 @@ from ..data.base import DetectionDataset
 from .draw import draw_boxes, fit_width, image_grid, side_by_side
 
 
-def _ground_truth(dataset: DetectionDataset, index: int, augment: Callable | None) -> tuple[np.ndarray, np.ndarray,
-                                                                                          np.ndarray]:
+def _ground_truth(
+    dataset: DetectionDataset, index: int, augment: Callable | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(image, boxes in pixels, labels)`` of one sample, after ``augment`` if given."""
     sample = dataset.load(index)
     if augment is None:

@@ -2,11 +2,12 @@
 
 Plots use matplotlib's Agg backend (no display needed); box drawing uses OpenCV.
 """
+
 from __future__ import annotations
 
 import colorsys
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -54,8 +55,16 @@ def draw_boxes(
         cv2.rectangle(img, (x1, ty - th - base), (x1 + tw + 2, ty + 1), color, -1)
         # dark text on light fills, white on dark ones
         lum = 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
-        cv2.putText(img, text, (x1 + 1, ty - base + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
-                    (0, 0, 0) if lum > 140 else (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(
+            img,
+            text,
+            (x1 + 1, ty - base + 1),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (0, 0, 0) if lum > 140 else (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
     return img
 
 
@@ -80,8 +89,10 @@ def image_grid(tiles: Sequence[np.ndarray], cols: int = 2) -> np.ndarray:
     w = max(t.shape[1] for t in tiles)
     rows = []
     for i in range(0, len(tiles), cols):
-        row = [np.pad(t, ((0, h - t.shape[0] + 6), (0, w - t.shape[1] + 6), (0, 0)), constant_values=255)
-               for t in tiles[i:i + cols]]
+        row = [
+            np.pad(t, ((0, h - t.shape[0] + 6), (0, w - t.shape[1] + 6), (0, 0)), constant_values=255)
+            for t in tiles[i : i + cols]
+        ]
         while len(row) < cols:
             row.append(np.full((h + 6, w + 6, 3), 255, np.uint8))
         rows.append(np.concatenate(row, axis=1))
@@ -109,8 +120,13 @@ def plot_pr_curves(report, out_dir: str | os.PathLike) -> list[str]:
             rec = np.concatenate(([0.0], r.recall))
             prec = np.concatenate(([1.0 if len(r.precision) else 0.0], r.precision))
             a.plot(rec, prec, color=color, lw=1.8, label=f"{name} (AP {r.ap:.3f})")
-        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
-               title=f"{name}: AP50 {'n/a' if r.ap is None else f'{r.ap:.4f}'}  ({r.num_gt} objects)")
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1.02),
+            xlabel="recall",
+            ylabel="precision",
+            title=f"{name}: AP50 {'n/a' if r.ap is None else f'{r.ap:.4f}'}  ({r.num_gt} objects)",
+        )
         ax.grid(alpha=0.3)
         safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in name)
         p = os.path.join(out_dir, f"pr_{safe}.png")
@@ -118,8 +134,13 @@ def plot_pr_curves(report, out_dir: str | os.PathLike) -> list[str]:
         fig.savefig(p, dpi=100)
         plt.close(fig)
         paths.append(p)
-    ax_all.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
-               title=f"Precision-recall at IoU 0.5: mAP {report.map:.4f} (VOC07 {report.map07:.4f})")
+    ax_all.set(
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        xlabel="recall",
+        ylabel="precision",
+        title=f"Precision-recall at IoU 0.5: mAP {report.map:.4f} (VOC07 {report.map07:.4f})",
+    )
     ax_all.grid(alpha=0.3)
     ax_all.legend(loc="lower left", fontsize=8)
     p = os.path.join(out_dir, "pr_curves.png")
@@ -129,8 +150,14 @@ def plot_pr_curves(report, out_dir: str | os.PathLike) -> list[str]:
     return [p] + paths
 
 
-ERROR_COLORS = {"tp": "tab:green", "duplicate": "tab:olive", "localization": "tab:orange",
-                "confusion": "tab:purple", "background": "tab:red", "missed": "tab:gray"}
+ERROR_COLORS = {
+    "tp": "tab:green",
+    "duplicate": "tab:olive",
+    "localization": "tab:orange",
+    "confusion": "tab:purple",
+    "background": "tab:red",
+    "missed": "tab:gray",
+}
 
 
 def plot_errors(report, path: str | os.PathLike) -> None:
@@ -144,8 +171,15 @@ def plot_errors(report, path: str | os.PathLike) -> None:
     left = np.zeros(len(names))
     for kind, color in ERROR_COLORS.items():
         share = np.array([report.errors[label][kind] for label in range(1, len(names) + 1)]) / objects
-        ax.barh(y, share, left=left, color=color, label=kind, hatch="//" if kind == "missed" else None,
-                alpha=0.6 if kind == "missed" else 1.0)
+        ax.barh(
+            y,
+            share,
+            left=left,
+            color=color,
+            label=kind,
+            hatch="//" if kind == "missed" else None,
+            alpha=0.6 if kind == "missed" else 1.0,
+        )
         left += share
     ax.set_yticks(y, [f"{n} ({report.voc[i].num_gt})" for i, n in enumerate(names, start=1)])
     ax.axvline(1.0, color="black", lw=0.8)

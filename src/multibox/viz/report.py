@@ -4,6 +4,7 @@ table), PR curves, ``errors.png`` and pictures of predictions.
     report, preds = evaluate_model(model, dataset, keep_predictions=True)  # multibox.inference
     write_report(report, preds, dataset, "runs/val")
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ from ..eval import EvalReport
 from .draw import draw_boxes, image_grid, plot_errors, plot_pr_curves, save_image, side_by_side
 
 
-def write_report(report: EvalReport, preds: list[dict], dataset: DetectionDataset, out_dir: str,
-                 draw: int | None = None, draw_threshold: float = 0.3, extra: dict | None = None) -> EvalReport:
+def write_report(
+    report: EvalReport,
+    preds: list[dict],
+    dataset: DetectionDataset,
+    out_dir: str,
+    draw: int | None = None,
+    draw_threshold: float = 0.3,
+    extra: dict | None = None,
+) -> EvalReport:
     """Write everything a person wants to look at about a scored split into ``out_dir``.
 
     Args:

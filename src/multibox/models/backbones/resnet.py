@@ -3,9 +3,8 @@ parameter names, so a torchvision-layout ImageNet state dict loads directly
 (:func:`load_resnet_weights`). The classifier (``fc``) is not part of the
 extractor; the output is ``layer4`` (stride 32).
 """
-from __future__ import annotations
 
-from typing import Type
+from __future__ import annotations
 
 from torch import Tensor, nn
 
@@ -63,7 +62,7 @@ def _downsample(in_ch: int, out_ch: int, stride: int) -> nn.Module | None:
     return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride, bias=False), nn.BatchNorm2d(out_ch))
 
 
-_DEPTHS: dict[int, tuple[Type[nn.Module], tuple[int, int, int, int]]] = {
+_DEPTHS: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
     18: (BasicBlock, (2, 2, 2, 2)),
     34: (BasicBlock, (3, 4, 6, 3)),
     50: (Bottleneck, (3, 4, 6, 3)),

@@ -10,6 +10,7 @@ factor initialised at 20, since its activations are much larger than later ones.
 Layer names follow torchvision's ``vgg16().features`` indices so an ImageNet
 state dict loads by name (see :func:`convert_vgg16_imagenet`).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -101,7 +102,9 @@ def convert_vgg16_imagenet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         "classifier.3.bias": (4096,),
     }
     ref = VGG16Reduced().state_dict()
-    for key, shape in list(expected.items()) + [(k, tuple(v.shape)) for k, v in ref.items() if k.startswith("features.")]:
+    for key, shape in list(expected.items()) + [
+        (k, tuple(v.shape)) for k, v in ref.items() if k.startswith("features.")
+    ]:
         if key not in state_dict:
             raise KeyError(f"not a torchvision VGG16 state dict: missing {key!r}")
         if tuple(state_dict[key].shape) != shape:
