@@ -4,16 +4,17 @@ glibc's ``malloc`` serves every block above 32 MiB (and, until its threshold ada
 ones) with a fresh ``mmap`` and returns it with ``munmap`` on free. PyTorch on a CPU has no
 caching allocator, so each training step allocates and frees activations and gradients of
 tens of MiB (e.g. 39 MiB for EfficientNet's 96 x 160 x 160 maps at batch 8), and every page
-of every such block is faulted in again on first touch. On the virtual machines this was
-measured on, that made a 1x1 convolution 4x slower (28 ms against 6 ms), and training steps
-were faster without it in most paired runs (+5-6% in three; six of eight in another series).
+of every such block is faulted in again on first touch, which slows large convolutions
+several times over (measurements: docs/benchmarks.md).
 
 :func:`keep_freed_memory` sets ``M_MMAP_MAX = 0`` (blocks come from the heap) and a trim
 threshold of 2 GiB (freed memory at the top of the heap is kept up to that), the run-time
 equivalent of ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=2147483647``; caching allocators
 such as jemalloc or tcmalloc, often recommended for PyTorch on CPUs, behave alike. The
-process then holds on to its peak memory. The command line, the trainer and the benchmarks
-call it; set ``MULTIBOX_KEEP_FREED_MEMORY=0`` to opt out. Elsewhere than glibc it does nothing.
+process then holds on to its peak memory. It changes the whole process, so the library never
+applies it by itself: the command line and the benchmarks call it, and library users opt in
+with ``multibox.keep_freed_memory()``; ``MULTIBOX_KEEP_FREED_MEMORY=0`` turns it off
+everywhere. Elsewhere than glibc it does nothing.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def _rows_above_background(logits, bound, mask):  # pragma: no cover - compiled
 
 def _rows_above(logits, bound, mask):  # pragma: no cover - compiled
     """``mask[r]``: some class c of row r has ``l_c > bound``. (Its own kernel rather than a flag
-    on the one above: with a flag the softmax pass took 252 us instead of 125 here.)"""
+    on the one above: a flag made the softmax pass about twice as slow; docs/benchmarks.md.)"""
     for r in numba.prange(logits.shape[0]):
         hit = False
         for c in range(logits.shape[1]):

@@ -1,15 +1,15 @@
 """Index selection on small tensors: ``nonzero`` and ``searchsorted``, fast on CPUs.
 
 Post-processing and the loss pick a few hundred rows out of tens of thousands several
-times per batch. On CPUs, PyTorch's comparison kernels and ``nonzero`` cost about 1.5 ns
-and 3 ns per entry; NumPy does the same work 4-5x faster on the same memory (a CPU
-tensor's ``.numpy()`` is a view, not a copy). So the test is written once, with operators
+times per batch. On CPUs NumPy does that work several times faster than PyTorch's
+comparison kernels and ``nonzero`` on the same memory (a CPU tensor's ``.numpy()`` is a
+view, not a copy; figures in docs/benchmarks.md). So the test is written once, with operators
 that both libraries share, and runs in NumPy when every tensor is on the CPU:
 
     rows = where(lambda s: s > 0.01, scores)    # torch.nonzero((scores > 0.01).view(-1)).squeeze(1)
 
-Searching a few thousand sorted int64 keys is the same story: NumPy's ``searchsorted``
-takes about half of PyTorch's time for the 2,000-odd NMS candidates of a batch of 8, so
+Searching a few thousand sorted int64 keys is the same story (NumPy's ``searchsorted`` is
+faster for the 2,000-odd NMS candidates of a batch of 8), so
 :func:`searchsorted` takes that path for CPU tensors and PyTorch's elsewhere.
 """
 

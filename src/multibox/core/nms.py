@@ -168,7 +168,7 @@ def _nms_pairs(boxes: Tensor, group: Tensor, iou_threshold: float) -> Tensor:
     # from here on boxes are in that order; overlapping pairs go back to score order at the end
     sx1, sy1, sx2, sy2, sarea = (v.index_select(0, by_area) for v in (x1, y1, x2, y2, area))
     top = key - sarea.view(torch.int32) + (sarea * ((1 + 1e-5) / iou_threshold)).view(torch.int32)
-    pos = torch.arange(k, device=dev)  # int64 throughout: index_select is about 2x slower with int32 indices
+    pos = torch.arange(k, device=dev)  # int64 throughout: index_select is slower with int32 indices
     other, first = concat_ranges(pos + 1, searchsorted(key, top, right=True) - pos - 1)
     iw = torch.minimum(sx2.index_select(0, first), sx2.index_select(0, other))
     iw.sub_(torch.maximum(sx1.index_select(0, first), sx1.index_select(0, other))).clamp_(min=0)

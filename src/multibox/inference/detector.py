@@ -57,7 +57,7 @@ class Detector:
         self.device = torch.device(device)
         self.tta = tta  # test-time mirroring (multibox.tta); None: the model's setting
         self.box_voting = box_voting  # box voting after NMS (multibox.nms); None: the model's setting
-        # what predict() runs: BatchNorm folded, channels-last (same outputs, ~1.9x faster on CPU)
+        # what predict() runs: BatchNorm folded, channels-last (same outputs, faster; docs/benchmarks.md)
         self._net = inference_copy(self.model, channels_last=True)
 
     @torch.no_grad()

@@ -3,14 +3,14 @@
 :class:`DepthwiseConv2d` is an ``nn.Conv2d`` (same parameters, same state-dict
 keys) whose backward pass runs in float32 on CPUs, also under ``torch.autocast``.
 On CPUs with bf16 matrix units (AMX), autocast makes the pointwise (1x1)
-convolutions of MobileNet-style blocks 2-3x faster, and oneDNN's bf16 depthwise
-forward is fast too, but its bf16 depthwise backward pass is 1.5-6x slower than
-the float32 one. So a depthwise layer that trains computes its forward pass in the
+convolutions of MobileNet-style blocks much faster, and oneDNN's bf16 depthwise
+forward is fast too, but its bf16 depthwise backward pass is slower than the
+float32 one (measurements: docs/benchmarks.md). So a depthwise layer that trains computes its forward pass in the
 autocast dtype (output in that dtype, like every other convolution) and its
 weight gradient in float32 from the saved bf16 input (:class:`MixedDepthwise`).
 Its input gradient at stride 1 is itself a depthwise convolution, of the output
 gradient with the spatially flipped kernel, so it runs as a bf16 forward pass
-(about 2x faster than the float32 backward pass with its two casts); at other
+(faster than the float32 backward pass with its two casts); at other
 strides it is computed in float32 too. Frozen layers and inference, forward
 only, are plain autocast convolutions. On GPUs autocast applies as usual.
 """

@@ -110,9 +110,9 @@ class SSD(nn.Module):
         """Freeze the backbone's depthwise kernels of at least ``min_kernel`` x ``min_kernel``
         (their BatchNorms and every pointwise layer still learn). Returns the parameters frozen.
 
-        On CPUs the weight gradient of a 5x5 depthwise convolution costs about 8x its forward
-        pass (oneDNN has a fast kernel for 3x3 only); freezing EfficientNet's 5x5 kernels made
-        the demo's training steps ~25% faster at the same validation mAP on BCCD.
+        On CPUs the weight gradient of a 5x5 depthwise convolution costs several times its
+        forward pass (oneDNN has a fast kernel for 3x3 only), so freezing them saves much of a
+        training step at the same validation mAP on BCCD (docs/benchmarks.md, docs/experiments.md).
         """
         count = 0
         for m in self.backbone.modules():
