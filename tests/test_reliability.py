@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import numpy as np
 import pytest
@@ -138,10 +137,9 @@ def annotated_corpus(root):
 def test_annotated_corpus_trains_with_finite_loss_and_counted_warnings(tmp_path):
     root = annotated_corpus(str(tmp_path / "voc"))
     names = ["red", "green", "blue", "yellow"]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with logs_warning("degenerate") as caught:
         ds = voc_dataset(root, "train", names)
-    text = " ".join(str(w.message) for w in caught)
+    text = " ".join(r.getMessage() for r in caught)
     assert "dropped 2 degenerate box" in text and "boxes.jpg" in text  # reversed + zero width
     assert "octopus" in text  # unknown class: ignored and counted
     r = next(r for r in ds.records if r.image_path.endswith("boxes.jpg"))
