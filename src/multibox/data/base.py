@@ -44,6 +44,7 @@ class Problems:
     degenerate: list[str] = field(default_factory=list)
     clipped: int = 0
     skipped_files: list[str] = field(default_factory=list)
+    skip_reasons: list[str] = field(default_factory=list)  # the error of each skipped file, for the run folder
     unknown_classes: dict = field(default_factory=dict)
 
     def warn(self, name: str) -> None:

@@ -24,12 +24,15 @@ from .image import IMAGE_EXTENSIONS
 
 
 def safe_join(root: str, name: str, what: str, source: str) -> str:
-    """``root/name``, refusing names that would leave ``root`` (``..``, absolute paths, links out)."""
-    path = os.path.realpath(os.path.join(root, name))
-    base = os.path.realpath(root)
-    if os.path.commonpath([path, base]) != base:
+    """``root/name`` for a ``name`` read from an annotation or list file.
+
+    Names that climb out of ``root`` (a ``..`` component, an absolute or drive path) are refused;
+    symbolic links that the user placed inside the dataset are followed like any folder.
+    """
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ":" in parts[0] or ".." in parts:
         raise DatasetError(f"{source}: {what} {name!r} points outside the dataset folder {root}")
-    return path
+    return os.path.join(root, *[p for p in parts if p not in ("", ".")])
 
 
 def parse_voc_xml(path: str) -> tuple[str | None, list[tuple[str, list[float], bool]]]:
@@ -92,10 +95,11 @@ def _build(
             _, objects = result
             if not os.path.isfile(img_path):
                 raise DatasetError(f"{xml_path}: image file not found: {img_path}")
-        except DatasetError:
+        except DatasetError as e:
             if not skip_bad:
                 raise
             problems.skipped_files.append(os.path.basename(xml_path))
+            problems.skip_reasons.append(str(e))
             continue
         parsed.append((xml_path, img_path, objects))
     if class_names is None:
@@ -157,6 +161,57 @@ def voc_dataset(
                 img = safe_join(os.path.join(root, "JPEGImages"), fn, "<filename>", xml)
         entries.append((xml, img, result))
     return _build(entries, class_names, f"{os.path.basename(os.path.normpath(root))}/{split}", skip_bad, transform)
+
+
+def find_image(stem: str, filename: str | None, folders: Sequence[str], source: str) -> str | None:
+    """The image of an annotation: ``<filename>`` (its base name; the folder part of a Windows or
+    foreign path is ignored) in one of ``folders``, else the annotation's stem with any image
+    extension, in either case."""
+    names = []
+    if filename:
+        base = filename.replace("\\", "/").split("/")[-1]
+        if base:
+            names.append(base)
+            names += [os.path.splitext(base)[0] + e for e in IMAGE_EXTENSIONS]
+    names += [stem + e for e in IMAGE_EXTENSIONS]
+    for folder in folders:
+        for n in names:
+            for cand in (n, n.upper(), os.path.splitext(n)[0] + os.path.splitext(n)[1].upper()):
+                path = safe_join(folder, cand, "<filename>", source)
+                if os.path.isfile(path):
+                    return path
+    return None
+
+
+def xml_dataset(
+    xml_files: Sequence[str],
+    image_folders: Sequence[str],
+    name: str,
+    class_names: Sequence[str] | None = None,
+    skip_bad: bool = False,
+    transform=None,
+) -> DetectionDataset:
+    """VOC XML files in any arrangement: each image is found by the XML's ``<filename>``, else by
+    the XML's stem with any image extension, in ``image_folders`` (in order).
+
+    Args:
+        xml_files: annotation paths.
+        image_folders: folders to look for the images in (e.g. the XML's own folder, ``images/``).
+        name: the split's name in messages.
+        class_names: default: the sorted names found in the files.
+        skip_bad: skip (and count) malformed files and missing images instead of failing.
+    """
+    entries = []
+    for xml in xml_files:
+        result = _parse(xml)
+        fn = None if isinstance(result, DatasetError) else result[0]
+        stem = os.path.splitext(os.path.basename(xml))[0]
+        try:
+            img = find_image(stem, fn, image_folders, xml)
+        except DatasetError as e:
+            result, img = e, None
+        entries.append((xml, img or os.path.join(image_folders[0], (fn or stem + ".jpg")), result))
+    return _build(entries, class_names, name, skip_bad, transform)
 
 
 def xml_folder_dataset(
