@@ -78,7 +78,7 @@ def _score_and_report(
     return write_report(report, preds, dataset, out_dir, draw=draw, extra=extra)
 
 
-def _train_and_report(cfg, resume: str | None, draw: int | None) -> int:
+def _train_and_report(cfg, resume: str | None, draw: int | None, report_on_val: bool = False) -> int:
     from .engine.trainer import Trainer
 
     start = time.time()
@@ -87,16 +87,24 @@ def _train_and_report(cfg, resume: str | None, draw: int | None) -> int:
         trainer.resume(resume)
         print(f"resumed from {resume} at epoch {trainer.epoch}, step {trainer.step}")
     n_train = len(trainer.datasets["train"])
+    length = (
+        f"for the epochs that {cfg.train.time_budget / 60:.1f} minutes allow"
+        if cfg.train.time_budget and not resume
+        else f"for {trainer.epochs} epochs ({trainer.total_iters} iterations of {cfg.train.batch_size})"
+    )
+    n_cls = len(trainer.class_names)
     print(
-        f"training {cfg.model.name} on {trainer.datasets['train'].name} ({n_train} images, "
-        f"{len(trainer.class_names)} classes: {', '.join(trainer.class_names)}) for {trainer.epochs} epochs "
-        f"({trainer.total_iters} iterations of {cfg.train.batch_size}) -> {cfg.out_dir}"
+        f"training {cfg.model.name} on {trainer.datasets['train'].name} ({n_train} images, {n_cls} "
+        f"class{'es' if n_cls != 1 else ''}: {', '.join(trainer.class_names)}) {length} -> {cfg.out_dir}"
     )
     trainer.fit()
     train_s = time.time() - start
     if not trainer.is_main:
         return 0
     test = trainer.datasets.get("test")
+    if test is None and report_on_val and trainer.datasets.get("val") is not None:
+        test = trainer.datasets["val"]
+        print(f"no test split: the final report is on the held-out validation split {test.name} ({len(test)} images)")
     if test is None:
         return 0
     best = os.path.join(cfg.out_dir, "best.pt")
@@ -125,9 +133,74 @@ def _train_and_report(cfg, resume: str | None, draw: int | None) -> int:
     return 0
 
 
+def parse_duration(text: str) -> float:
+    """``"10m"``, ``"90s"``, ``"1.5h"`` or plain seconds -> seconds."""
+    t = str(text).strip().lower()
+    units = {"s": 1, "m": 60, "min": 60, "h": 3600}
+    for suffix in ("min", "s", "m", "h"):
+        if t.endswith(suffix):
+            number, scale = t[: -len(suffix)], units[suffix]
+            break
+    else:
+        number, scale = t, 1
+    try:
+        value = float(number) * scale
+    except ValueError:
+        raise ValueError(f"--time {text!r}: give a duration such as 10m, 600s or 1.5h") from None
+    if not value > 0:
+        raise ValueError(f"--time {text!r}: the duration must be positive")
+    return value
+
+
+def fresh_out_dir(path: str) -> str:
+    """``path``, or ``path2``, ``path3``, ... : the first that holds no run's checkpoint."""
+    candidate, n = path, 1
+    while os.path.exists(os.path.join(candidate, "last.pt")):
+        n += 1
+        candidate = f"{path.rstrip(os.sep)}{n}"
+    return candidate
+
+
+def _recipe_config(args: argparse.Namespace):
+    """A config fitted to the dataset at ``--data`` (no preset given)."""
+    from .config import config_from_dict
+    from .data.build import layout_of
+    from .engine.recipe import fit_recipe
+
+    layout = layout_of(args.data)
+    print(f"found {layout.summary()}")
+    cfg, reasons = fit_recipe(layout, time_budget=parse_duration(args.time), out_dir=args.out)
+    if args.overrides:  # overrides on top of the fitted recipe
+        from .config import _plain, _set_dotted
+
+        values = _plain(cfg.to_dict())
+        for item in args.overrides:
+            if "=" not in item:
+                raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=0.01)")
+            key, raw = item.split("=", 1)
+            import yaml
+
+            _set_dotted(values, key.strip(), yaml.safe_load(raw))
+        cfg = config_from_dict(values)
+    print("recipe fitted to the data:\n  " + "\n  ".join(reasons))
+    return cfg
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
 
+    if args.config is None:
+        if not args.data:
+            raise ValueError("give a preset or YAML file (-c, see multibox presets) or a dataset folder (--data DIR)")
+        cfg = _recipe_config(args)
+        if not args.out and not args.resume:
+            cfg.out_dir = fresh_out_dir(cfg.out_dir)
+        resume = args.resume
+        if resume == "auto":
+            resume = os.path.join(cfg.out_dir, "last.pt")
+            if not os.path.exists(resume):
+                resume = None
+        return _train_and_report(cfg, resume, draw=args.draw, report_on_val=True)
     cfg = load_config(args.config, args.overrides)
     _apply_data_path(cfg, args.data)
     if args.out:
@@ -302,9 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. train.epochs=10")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("train", help="train a detector from a config preset or YAML file")
-    p.add_argument("--config", "-c", required=True, help="preset name (multibox presets) or YAML path")
-    p.add_argument("--data", help="dataset folder (overrides data.root)")
+    p = sub.add_parser("train", help="train a detector on a dataset folder, or from a config preset or YAML file")
+    p.add_argument("--config", "-c", help="preset name (multibox presets) or YAML path; without it, --data is fitted")
+    p.add_argument("--data", help="dataset folder: any supported layout (with -c: overrides data.root)")
+    p.add_argument("--time", default="10m", help="training time for --data without -c (default 10m)")
     p.add_argument("--out", help="output folder (overrides out_dir)")
     p.add_argument("--resume", nargs="?", const="auto", help="resume from a checkpoint (default: OUT/last.pt)")
     p.add_argument("--draw", type=int, default=24, help="test images to draw predictions on")

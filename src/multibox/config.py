@@ -32,7 +32,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    format: str = "voc"  # voc | coco | folder
+    format: str = "voc"  # auto (detect) | voc | xml | folder | coco | yolo | csv
     root: str | list = "bccd"  # folder (or list, concatenated); relative names are looked up in the data dirs
     train: str = "train"
     val: str | None = "val"
@@ -70,6 +70,7 @@ class TrainConfig:
     max_bad_steps: int = 20  # consecutive non-finite losses before stopping
     freeze_bn: bool = False  # keep every BatchNorm in eval mode
     threads: int | None = None  # torch CPU threads (default: all cores)
+    time_budget: float | None = None  # seconds of training: epochs fitted to the measured speed (at most `epochs`)
     device: str = "auto"
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from .base import DatasetError, DetectionDataset, concat_datasets, subset
 from .coco import coco_dataset
+from .layout import FORMATS, Layout, detect_layout
 from .voc import voc_dataset, xml_folder_dataset
 
 
@@ -39,6 +40,17 @@ def resolve_root(root: str) -> str:
 
 
 _SLICE = re.compile(r"^(?P<split>.+)\[(?P<lo>\d+)?%?:(?P<hi>\d+)?%?\]$")
+
+
+_LAYOUTS: dict[tuple[str, str], Layout] = {}
+
+
+def layout_of(root: str, format: str = "auto") -> Layout:
+    """:func:`~multibox.data.layout.detect_layout`, once per folder and format in a process."""
+    key = (os.path.abspath(root), format)
+    if key not in _LAYOUTS:
+        _LAYOUTS[key] = detect_layout(root, format)
+    return _LAYOUTS[key]
 
 
 def split_slice(split: str) -> tuple[str, float, float] | None:
@@ -90,7 +102,9 @@ def load_split(cfg, split: str, class_names=None) -> DetectionDataset:
         return ds
     root = resolve_root(cfg.root)
     names = class_names or cfg.class_names
-    if cfg.format == "voc":
+    if cfg.format in ("auto", "xml", "yolo", "csv"):
+        ds = layout_of(root, cfg.format).load(split, names, skip_bad=cfg.skip_bad)
+    elif cfg.format == "voc":
         ds = voc_dataset(root, split, names, skip_bad=cfg.skip_bad)
     elif cfg.format == "folder":
         ds = xml_folder_dataset(root, split, class_names=names, skip_bad=cfg.skip_bad)
@@ -99,7 +113,7 @@ def load_split(cfg, split: str, class_names=None) -> DetectionDataset:
         ds = coco_dataset(ann, class_names=names, min_annotations=cfg.coco_min_annotations, skip_bad=cfg.skip_bad)
         ds.name = f"{os.path.basename(os.path.normpath(root))}/{split}"
     else:
-        raise ValueError(f"data.format must be voc, coco or folder, got {cfg.format!r}")
+        raise ValueError(f"data.format must be one of {', '.join(FORMATS)}, got {cfg.format!r}")
     ds.skip_bad = cfg.skip_bad
     return ds
 

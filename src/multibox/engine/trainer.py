@@ -359,14 +359,78 @@ class Trainer:
         )
         return stats
 
-    def fit(self, stop_after_epoch: int | None = None) -> dict:
-        """Train to the end (or until ``stop_after_epoch`` epochs are done); returns the last stats."""
+    def fit_to_time_budget(self, budget: float, calibration_steps: int = 8) -> int:
+        """Set the number of epochs that fit in ``budget`` seconds of training, from the speed of
+        a few training steps measured on the real data (on a copy of the training state, which
+        is restored afterwards, so the run is the same as one told that number of epochs).
+        Returns the epochs; the config is updated so that its saved copy reproduces the run."""
+        start = time.perf_counter()
+        saved = copy.deepcopy(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "ema": self.ema}
+        )
+        self.model.train()
+        self.loader.sampler.set_epoch(10**6)  # batches of their own: epoch 0 is drawn again later
+        warmup, timed, step_s = 2, 0, 0.0
+        batches = iter(self.loader)
+        tick = time.perf_counter()
+        for i in range(warmup + min(calibration_steps, max(1, self.iters_per_epoch - warmup))):
+            batch = next(batches, None)
+            if batch is None:
+                break
+            self.train_step(batch)
+            now = time.perf_counter()
+            if i >= warmup:
+                step_s += now - tick
+                timed += 1
+            tick = now
+        del batches
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.ema = saved["ema"]
+        self.step, self.bad_steps, self.skipped = 0, 0, 0
+        step_s = step_s / max(timed, 1) if timed else (time.perf_counter() - start)
+        epoch_s = step_s * self.iters_per_epoch
+        remaining = budget - (time.perf_counter() - start)
+        # a margin for the hour-to-hour drift of shared machines; fit() also stops at the budget
+        epochs = max(1, min(self.cfg.train.epochs, int(0.9 * remaining / max(epoch_s, 1e-9))))
+        self.epochs, self.total_iters = epochs, epochs * self.iters_per_epoch
         t = self.cfg.train
+        t.epochs, t.iterations, t.time_budget = epochs, None, None
+        if t.warmup_iters > self.total_iters // 5:  # a short run: warm up over its first tenth
+            t.warmup_iters = max(1, self.total_iters // 10)
+        self.budget_deadline = start + budget
+        batch = self.cfg.train.batch_size
+        log.info(
+            f"time budget {budget / 60:.1f} min: {step_s:.2f} s per step of {batch} images "
+            f"({batch / max(step_s, 1e-9):.1f} images/s, measured) -> {epochs} epochs ({self.total_iters} steps)"
+        )
+        if self.is_main:
+            save_config(self.cfg, os.path.join(self.out_dir, "config.yaml"))
+        return epochs
+
+    def fit(self, stop_after_epoch: int | None = None) -> dict:
+        """Train to the end (or until ``stop_after_epoch`` epochs are done); returns the last stats.
+
+        With ``train.time_budget`` set, a fresh run first fits its epochs to the budget
+        (:meth:`fit_to_time_budget`) and stops early if a slower machine would overrun it."""
+        t = self.cfg.train
+        if t.time_budget and self.step == 0:
+            self.fit_to_time_budget(t.time_budget)
         val = self.datasets.get("val")
         last = {}
         while self.epoch < self.epochs and self.step < self.total_iters:
+            epoch_start = time.perf_counter()
             stats = self.train_epoch(self.epoch)
             self.epoch += 1
+            deadline = getattr(self, "budget_deadline", None)
+            if deadline is not None and self.epoch < self.epochs:
+                now = time.perf_counter()
+                if now + (now - epoch_start) > deadline:
+                    log.warning(
+                        f"stopping after epoch {self.epoch} of {self.epochs}: another epoch would overrun the "
+                        "time budget (the machine runs slower than measured)"
+                    )
+                    self.epochs = self.epoch
             final = self.epoch >= self.epochs or self.step >= self.total_iters
             if val is not None and ((t.eval_every and self.epoch % t.eval_every == 0) or final):
                 stats["val_mAP50"] = self._validate(val)
