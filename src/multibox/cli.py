@@ -193,6 +193,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if not args.data:
             raise ValueError("give a preset or YAML file (-c, see multibox presets) or a dataset folder (--data DIR)")
         cfg = _recipe_config(args)
+        if args.weights:
+            cfg.model.checkpoint = args.weights
         if not args.out and not args.resume:
             cfg.out_dir = fresh_out_dir(cfg.out_dir)
         resume = args.resume
@@ -203,6 +205,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _train_and_report(cfg, resume, draw=args.draw, report_on_val=True)
     cfg = load_config(args.config, args.overrides)
     _apply_data_path(cfg, args.data)
+    if args.weights:
+        cfg.model.checkpoint = args.weights
     if args.out:
         cfg.out_dir = args.out
     resume = args.resume
@@ -230,6 +234,66 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _train_and_report(cfg, None, draw=None)
 
 
+def _dataset_for_checkpoint(folder: str, split: str | None, names: list[str]):
+    """A split of any dataset folder, its classes matched by name to a checkpoint's: the test
+    split, else the validation split, else the whole folder (``split`` chooses)."""
+    from .data.base import remap_classes
+    from .data.build import layout_of
+
+    layout = layout_of(folder)
+    print(f"found {layout.summary()}")
+    if split is None:
+        split = next(s for s in ("test", "val", "all", "train") if s in layout.splits)
+    dataset = layout.load(split, None, skip_bad=True)
+    return remap_classes(dataset, names), split
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    """Everything about a dataset folder before a minute of training is spent."""
+    import numpy as np
+
+    from .data.base import verify_images
+    from .data.build import layout_of
+    from .data.stats import box_stats
+    from .engine.recipe import fit_model, prior_shapes
+    from .viz.draw import plot_box_shapes
+
+    layout = layout_of(args.data)
+    print(f"found {layout.summary()}")
+    name = os.path.basename(os.path.normpath(layout.root)) or "data"
+    out = args.out or os.path.join("runs", "check", name)
+    os.makedirs(out, exist_ok=True)
+    problems = [f"layout: {n}" for n in layout.notes]
+    names = None
+    for split in layout.splits:
+        ds = layout.load(split, names, skip_bad=True)
+        verify_images(ds, skip_bad=True)
+        stats = box_stats(ds)
+        print(f"\n{split}: {stats.table()}")
+        p = ds.problems
+        problems += [f"{split}: skipped: {r}" for r in (p.skip_reasons or p.skipped_files)]
+        if p.degenerate:
+            problems.append(
+                f"{split}: {len(p.degenerate)} degenerate box(es) dropped: {', '.join(sorted(set(p.degenerate))[:10])}"
+            )
+        if p.clipped:
+            problems.append(f"{split}: {p.clipped} box(es) clipped to their image")
+        if p.unknown_classes:
+            problems.append(f"{split}: objects of classes not in the training split: {p.unknown_classes}")
+        if names is None:
+            names = ds.class_names
+            kwargs, _, reasons = fit_model(stats)
+            w, h = stats.size * np.sqrt(stats.aspect), stats.size / np.sqrt(np.maximum(stats.aspect, 1e-9))
+            picture = os.path.join(out, "box_shapes.png")
+            plot_box_shapes(w, h, prior_shapes(kwargs), picture, title=f"{name}/{split}: boxes and the recipe's priors")
+            print("the recipe a training run would choose:\n  " + "\n  ".join(reasons))
+    with open(os.path.join(out, "problems.txt"), "w") as f:
+        f.write("\n".join(problems) + ("\n" if problems else "no problems found\n"))
+    print(f"\n{len(problems)} problem(s) found" + (":\n  " + "\n  ".join(problems[:30]) if problems else ""))
+    print(f"wrote {picture} and {os.path.join(out, 'problems.txt')}")
+    return 0
+
+
 def _cmd_val(args: argparse.Namespace) -> int:
     from .config import config_from_dict
     from .data.build import load_split
@@ -238,11 +302,14 @@ def _cmd_val(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model, names = model_from_checkpoint(ckpt)
     cfg = config_from_dict(ckpt.get("config", {}))
-    _apply_data_path(cfg, args.data)
-    split = args.split or cfg.data.test or cfg.data.val
-    dataset = load_split(cfg.data, split, names)
-    if cfg.data.format == "coco" and ckpt.get("category_ids"):
-        dataset.category_ids = list(ckpt["category_ids"])
+    if args.data and not os.path.isdir(os.path.join(args.data, os.path.basename(os.path.normpath(cfg.data.root)))):
+        dataset, split = _dataset_for_checkpoint(args.data, args.split, names)
+    else:  # the checkpoint's own dataset, found in --data (a folder holding it) or where it was
+        _apply_data_path(cfg, args.data)
+        split = args.split or cfg.data.test or cfg.data.val
+        dataset = load_split(cfg.data, split, names)
+        if cfg.data.format == "coco" and ckpt.get("category_ids"):
+            dataset.category_ids = list(ckpt["category_ids"])
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"val_{split}")
     for name, value in _test_time_overrides(args).items():
         setattr(model.postprocess_config, name, value)
@@ -379,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", help="preset name (multibox presets) or YAML path; without it, --data is fitted")
     p.add_argument("--data", help="dataset folder: any supported layout (with -c: overrides data.root)")
     p.add_argument("--time", default="10m", help="training time for --data without -c (default 10m)")
+    p.add_argument("--weights", help="start from this checkpoint's weights (fine-tuning; any class list)")
     p.add_argument("--out", help="output folder (overrides out_dir)")
     p.add_argument("--resume", nargs="?", const="auto", help="resume from a checkpoint (default: OUT/last.pt)")
     p.add_argument("--draw", type=int, default=24, help="test images to draw predictions on")
@@ -414,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-txt", action="store_true", help="do not write per-image text files")
     _add_test_time_flags(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("check", help="a dataset folder: its format, splits, boxes per class, box shapes, problems")
+    p.add_argument("--data", required=True, help="dataset folder (any supported layout)")
+    p.add_argument("--out", help="folder for box_shapes.png and problems.txt (default runs/check/<name>)")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("show", help="draw a dataset's ground truth (after augmentation, beside predictions)")
     p.add_argument("--config", "-c", help="preset name or YAML path naming the dataset")

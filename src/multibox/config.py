@@ -38,7 +38,8 @@ class DataConfig:
     val: str | None = "val"
     test: str | None = "test"
     class_names: list | None = None
-    skip_bad: bool = False
+    skip_bad: bool = False  # skip (count and list) unreadable or malformed files instead of stopping
+    verify_images: bool = False  # decode every image before training (finds truncated files at once)
     workers: int = 1
     coco_min_annotations: int = 1  # drop COCO categories with fewer annotations (stray labels)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

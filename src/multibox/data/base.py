@@ -196,3 +196,70 @@ def concat_datasets(datasets: Sequence[DetectionDataset], name: str | None = Non
     out.problems = Problems()
     out.records = [r for d in datasets for r in d.records]
     return out
+
+
+def remap_classes(dataset: DetectionDataset, class_names: Sequence[str]) -> DetectionDataset:
+    """The same records with labels renumbered to ``class_names`` (matched by name), as a model
+    trained on that list expects. Classes of the data missing from ``class_names`` are an error
+    that lists them; classes of the list missing from the data are simply absent."""
+    target = {n: i + 1 for i, n in enumerate(class_names)}
+    present = {dataset.class_names[label - 1] for r in dataset.records for label in r.labels.tolist()}
+    unknown = sorted(n for n in present if n not in target)
+    if unknown:
+        raise DatasetError(f"{dataset.name}: classes {unknown} are not among the model's classes {list(class_names)}")
+    mapping = np.zeros(len(dataset.class_names) + 1, np.int64)
+    for i, n in enumerate(dataset.class_names):
+        mapping[i + 1] = target.get(n, 0)
+    out = copy.copy(dataset)
+    out.records = [copy.copy(r) for r in dataset.records]
+    for r in out.records:
+        r.labels = mapping[r.labels]
+    out.class_names = list(class_names)
+    out.category_ids = list(range(1, len(class_names) + 1))
+    return out
+
+
+def verify_images(dataset: DetectionDataset, skip_bad: bool = False, workers: int = 2) -> list[str]:
+    """Decode every image of ``dataset`` once, before any long work, so that a truncated or
+    undecodable file is found now rather than in the middle of training or scoring.
+
+    Args:
+        dataset: the split to check (its records are changed in place when skipping).
+        skip_bad: drop the unreadable images (counted, listed in ``dataset.problems`` and logged)
+            instead of raising one :class:`DatasetError` that names them.
+        workers: decoding threads.
+
+    Returns:
+        The paths of the unreadable images.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def probe(record: Record) -> str | None:
+        try:
+            image = read_image(record.image_path)
+        except ImageReadError as e:
+            return str(e)
+        if record.size is not None and image.shape[:2] != tuple(record.size):
+            return (
+                f"{record.image_path}: image is {image.shape[1]}x{image.shape[0]} but the annotation says "
+                f"{record.size[1]}x{record.size[0]}"
+            )
+        return None
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        errors = list(pool.map(probe, dataset.records))
+    bad = [(r, e) for r, e in zip(dataset.records, errors) if e]
+    if not bad:
+        return []
+    if not skip_bad:
+        listed = "; ".join(e for _, e in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise DatasetError(f"{dataset.name}: {len(bad)} unreadable image(s): {listed}")
+    dataset.records = [r for r, e in zip(dataset.records, errors) if not e]
+    dataset.problems.skipped_files += [os.path.basename(r.image_path) for r, _ in bad]
+    dataset.problems.skip_reasons += [e for _, e in bad]
+    log.warning(
+        f"{dataset.name}: skipped {len(bad)} unreadable image(s): "
+        + ", ".join(os.path.basename(r.image_path) for r, _ in bad[:5])
+        + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    )
+    return [r.image_path for r, _ in bad]

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from .base import DatasetError, DetectionDataset, concat_datasets, subset
+from .base import DatasetError, DetectionDataset, concat_datasets, subset, verify_images
 from .coco import coco_dataset
 from .layout import FORMATS, Layout, detect_layout
 from .voc import voc_dataset, xml_folder_dataset
@@ -128,4 +128,7 @@ def build_datasets(cfg) -> dict[str, DetectionDataset]:
             out[key] = load_split(cfg, split, names)
             if cfg.format == "coco":
                 out[key].category_ids = out["train"].category_ids
+    if getattr(cfg, "verify_images", False):
+        for ds in out.values():
+            verify_images(ds, skip_bad=cfg.skip_bad)
     return out

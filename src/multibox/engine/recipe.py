@@ -10,9 +10,9 @@ by fixed rules, the same for every dataset:
 
 * input size 320, or 416 when a tenth of the boxes are under 32 px at 320;
 * a stride-8 feature map only when the smallest boxes (2nd percentile) are under 40 px;
-* prior scales from a little below the smallest boxes up to 0.95 (crops zoom objects in
-  during training, so the large scales stay), aspect ratios 2 (and 3 when more than 5% of
-  the boxes are more elongated than 1:2.5);
+* prior scales in geometric steps from a little below the smallest boxes up to 0.95 (crops
+  zoom objects in during training, so the large scales stay), aspect ratios 2 (and 3 when
+  more than 5% of the boxes are more elongated than 1:2.5);
 * zoom-out up to 2x for small objects (4x, the paper's, otherwise); the channel order kept;
 * SSDLite on EfficientNet-Lite0 with ImageNet weights, the stem and first blocks frozen, every
   depthwise kernel kept (the demo's settings: fast steps on a CPU), batch 8, lr 0.04, cosine;
@@ -73,8 +73,12 @@ def fit_model(stats: BoxStats) -> tuple[dict, dict, list[str]]:
     )
     num_maps = len(strides) + 4
     s_min = float(np.clip(0.8 * p2, 0.04, 0.15)) if stats.boxes else 0.1
-    scales = [round(float(s), 3) for s in np.linspace(s_min, 0.95, num_maps)] + [1.05]
-    reasons.append(f"prior scales {scales[0]}..0.95 over {num_maps} maps (smallest boxes: {p2:.3f} of the image)")
+    # geometric steps: every scale ratio apart, so the gaps between prior sizes are the same at
+    # every size (IoU is scale-invariant); linear steps leave the small end sparse
+    scales = [round(float(s), 3) for s in np.geomspace(s_min, 0.95, num_maps)] + [1.05]
+    reasons.append(
+        f"prior scales {scales[0]}..0.95, geometric over {num_maps} maps (smallest boxes: {p2:.3f} of the image)"
+    )
     elongated = stats.fraction_elongated(2.5)
     ratios = [2, 3] if elongated > 0.05 else [2]
     reasons.append(f"aspect ratios {ratios}: {elongated:.0%} of the boxes are beyond 1:2.5")
@@ -84,6 +88,18 @@ def fit_model(stats: BoxStats) -> tuple[dict, dict, list[str]]:
         f"zoom-out up to {augment['max_expand']}x; colour channels kept in order; left-right mirroring at test"
     )
     return kwargs, augment, reasons
+
+
+def prior_shapes(kwargs: dict) -> list[tuple[float, float]]:
+    """``(width, height)`` of every prior shape of a recipe's model (fractions of the input):
+    per map, a square of its scale, one between it and the next scale, and each aspect ratio."""
+    scales, ratios = kwargs["scales"], kwargs["aspect_ratios"]
+    shapes = []
+    for s, s_next in zip(scales[:-1], scales[1:]):
+        shapes += [(s, s), ((s * s_next) ** 0.5, (s * s_next) ** 0.5)]
+        for r in ratios:
+            shapes += [(s * r**0.5, s / r**0.5), (s / r**0.5, s * r**0.5)]
+    return shapes
 
 
 def fit_recipe(
@@ -104,7 +120,9 @@ def fit_recipe(
         ``(config, reasons)``: the config and one line per choice saying why.
     """
     train, val, test, notes = plan_splits(layout)
-    data = DataConfig(format="auto", root=layout.root, train=train, val=val, test=test, skip_bad=True)
+    data = DataConfig(
+        format="auto", root=layout.root, train=train, val=val, test=test, skip_bad=True, verify_images=True
+    )
     if train_set is None:
         from ..data.build import load_split
 

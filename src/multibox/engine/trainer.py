@@ -48,6 +48,7 @@ from ..inference.checkpoint import atomic_save, load_checkpoint
 from ..inference.evaluate import evaluate_model
 from ..models import SSD, create_model
 from ..models.layers import cpu_has_fast_bf16
+from ..models.weights import load_matching
 from .ema import WeightAverage
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class Trainer:
         kwargs = dict(cfg.model.kwargs)
         self.model: SSD = create_model(cfg.model.name, num_classes=len(self.class_names), **kwargs)
         if cfg.model.checkpoint:
-            self.model.load_state_dict(load_checkpoint(cfg.model.checkpoint)["model"])
+            self._load_weights(cfg.model.checkpoint)
         if cfg.model.freeze:
             self.model.freeze_backbone(cfg.model.freeze)
         if cfg.model.freeze_depthwise:
@@ -216,9 +217,46 @@ class Trainer:
                 if name.startswith(".tmp-") and name.endswith(".pt"):
                     os.remove(os.path.join(self.out_dir, name))
             save_config(cfg, os.path.join(self.out_dir, "config.yaml"))
+            self._write_skipped()
         self._tb = None
 
     # --- setup helpers ------------------------------------------------------
+
+    def _write_skipped(self) -> None:
+        """List every file the datasets skipped (and why) in ``skipped_files.txt`` of the run."""
+        lines, seen = [], set()
+        for split, ds in self.datasets.items():
+            problems = ds.problems
+            if id(problems) in seen:
+                continue
+            seen.add(id(problems))
+            reasons = problems.skip_reasons or problems.skipped_files
+            lines += [f"{split}: {r}" for r in reasons]
+        path = os.path.join(self.out_dir, "skipped_files.txt")
+        if lines:
+            with open(path, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            log.warning(f"{len(lines)} file(s) skipped; listed in {path}")
+
+    def _load_weights(self, path: str) -> None:
+        """Start from a checkpoint's weights: every tensor whose name and shape match; class
+        predictors of another class list are re-initialised (fine-tuning)."""
+        ckpt = load_checkpoint(path)
+        given = dict(ckpt["model"])
+        same = list(ckpt.get("class_names", [])) == list(self.class_names)
+        if not same:  # another class list: its class predictors mean other classes, even at equal counts
+            for name in self.model.class_predictor_names():
+                given.pop(name, None)
+        loaded, rest = load_matching(self.model, given, path)
+        log.info(
+            f"weights from {path}: {len(loaded)} of {len(loaded) + len(rest)} tensors loaded"
+            + ("" if same else f" (its classes {ckpt.get('class_names')} differ from the data's)")
+            + (
+                f"; initialised afresh: {', '.join(rest[:6])}" + (f" and {len(rest) - 6} more" if len(rest) > 6 else "")
+                if rest
+                else ""
+            )
+        )
 
     def _amp_dtype(self, amp: str):
         if amp == "off":

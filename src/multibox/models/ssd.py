@@ -106,6 +106,16 @@ class SSD(nn.Module):
         self.train(self.training)
         return count
 
+    def class_predictor_names(self) -> list[str]:
+        """State-dict names of the last layer of each classification predictor: the tensors
+        whose meaning is the class list (re-initialised when fine-tuning on other classes)."""
+        names = []
+        for i, block in enumerate(self.head.classification):
+            last = len(block) - 1 if isinstance(block, nn.Sequential) else None
+            prefix = f"head.classification.{i}." + (f"{last}." if last is not None else "")
+            names += [prefix + n for n, _ in (block[last] if last is not None else block).named_parameters()]
+        return names
+
     def freeze_depthwise(self, min_kernel: int = 5) -> int:
         """Freeze the backbone's depthwise kernels of at least ``min_kernel`` x ``min_kernel``
         (their BatchNorms and every pointwise layer still learn). Returns the parameters frozen.

@@ -64,3 +64,29 @@ def check_state_dict(own: Mapping[str, Tensor], given: Mapping[str, Tensor], wha
             "wrong shape " + "; ".join(f"{k} {tuple(given[k].shape)} != {tuple(own[k].shape)}" for k in wrong[:3])
         )
     raise ValueError(f"{what}: " + "; ".join(parts))
+
+
+def load_matching(model: torch.nn.Module, given: Mapping[str, Tensor], what: str) -> tuple[list[str], list[str]]:
+    """Fine-tuning load: copy every tensor of ``given`` whose name and shape match the model's;
+    leave the others as initialised (e.g. class predictors of another class list).
+
+    Args:
+        model: the model to fill.
+        given: a state dict (e.g. a checkpoint's ``"model"``).
+        what: the source, for messages.
+
+    Returns:
+        ``(loaded, not_loaded)`` names of the model's tensors; raises ``ValueError`` when not one
+        tensor matches (another architecture), naming ``what`` and the first mismatches.
+    """
+    own = model.state_dict()
+    loaded = [k for k, v in own.items() if k in given and tuple(given[k].shape) == tuple(v.shape)]
+    if not loaded:
+        try:
+            check_state_dict(own, given, what)
+        except ValueError as e:
+            raise ValueError(f"{e}; not one tensor fits this model (another architecture?)") from None
+    state = dict(own)
+    state.update({k: given[k] for k in loaded})
+    model.load_state_dict(state)
+    return loaded, [k for k in own if k not in set(loaded)]

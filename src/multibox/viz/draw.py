@@ -212,3 +212,40 @@ def plot_training_curves(history: list[dict], path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_box_shapes(
+    widths: np.ndarray,
+    heights: np.ndarray,
+    prior_shapes: Sequence[tuple[float, float]],
+    path: str | os.PathLike,
+    title: str = "",
+) -> None:
+    """Boxes against prior shapes, as the model sees them (fractions of the square input):
+    every box's relative width and height (points, log axes) and each prior shape (crosses).
+
+    Args:
+        widths, heights: ``(B,)`` relative box widths and heights.
+        prior_shapes: ``(width, height)`` of each prior shape, fractions of the input.
+        path: the PNG to write.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    if len(widths):
+        ax.scatter(widths, heights, s=4, alpha=0.35, color="tab:blue", label=f"boxes ({len(widths)})")
+    if prior_shapes:
+        pw, ph = zip(*prior_shapes)
+        ax.scatter(pw, ph, marker="x", s=50, color="tab:red", label=f"prior shapes ({len(prior_shapes)})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    lo = min([0.01, *widths, *heights]) if len(widths) else 0.01
+    ax.set_xlim(lo * 0.8, 1.3)
+    ax.set_ylim(lo * 0.8, 1.3)
+    ax.plot([lo, 1.3], [lo, 1.3], color="grey", lw=0.6, ls=":")
+    ax.set_xlabel("box width / image width")
+    ax.set_ylabel("box height / image height")
+    ax.set_title(title or "Box shapes and the priors that match them")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
