@@ -125,6 +125,11 @@ def test_xml_side_by_side_with_jpeg_on_disk(tmp_path):
     write_images(tmp_path / "flat", ITEMS, ext=".jpeg")
     write_xml(tmp_path / "flat", ITEMS, filename_ext=".jpg")
     check(detect_layout(str(tmp_path / "flat")), {"all": ITEMS}, "VOC XML")
+    # a Windows path in <path> and in <filename>, and a <size> of 0: the image is found by name
+    xml = tmp_path / "flat" / "im00.xml"
+    text = xml.read_text().replace("<filename>im00.jpg", "<filename>C:\\Users\\me\\Pictures\\im00.jpg")
+    xml.write_text(text.replace("<width>", "<width>0<!--").replace("</width>", "--></width>"))
+    check(detect_layout(str(tmp_path / "flat")), {"all": ITEMS}, "VOC XML")
 
 
 @pytest.mark.parametrize("ann_dir", ["annots", "label", "xml"])
@@ -252,7 +257,9 @@ def test_yolo_bad_labels_named_or_skipped_and_counted(tmp_path):
     assert len(ds) == len(ITEMS) - 1 and ds.problems.skipped_files == ["im00.jpg"]
     os.remove(root / "labels" / "im01.txt")  # a missing label file: an image without objects
     (root / "labels" / "ghost.txt").write_text("0 0.5 0.5 0.2 0.2\n")
-    ds = detect_layout(str(root)).load("all", skip_bad=True)
+    layout = detect_layout(str(root))
+    assert layout.notes == ["1 label file(s) without an image: labels/ghost.txt"]
+    ds = layout.load("all", skip_bad=True)
     assert boxes_by_stem(ds)["im01"] == []
 
 

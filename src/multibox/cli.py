@@ -237,7 +237,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _dataset_for_checkpoint(folder: str, split: str | None, names: list[str]):
     """A split of any dataset folder, its classes matched by name to a checkpoint's: the test
     split, else the validation split, else the whole folder (``split`` chooses)."""
-    from .data.base import remap_classes
+    from .data.base import remap_classes, verify_images
     from .data.build import layout_of
 
     layout = layout_of(folder)
@@ -245,6 +245,7 @@ def _dataset_for_checkpoint(folder: str, split: str | None, names: list[str]):
     if split is None:
         split = next(s for s in ("test", "val", "all", "train") if s in layout.splits)
     dataset = layout.load(split, None, skip_bad=True)
+    verify_images(dataset, skip_bad=True)  # an undecodable image is skipped and listed, before scoring
     return remap_classes(dataset, names), split
 
 

@@ -454,7 +454,12 @@ def detect_layout(root: str, format: str = "auto") -> Layout:
                 splits[canon] = Source("yolo", d, files=list_images(os.path.join(img_dir, d)))
         if not splits:
             splits["all"] = Source("yolo", "all", files=list_images(img_dir))
-        return Layout(root, "YOLO txt labels (images/ beside labels/)", splits, names)
+        notes = []
+        orphans = orphan_labels(lab_dir, [f for src in splits.values() for f in src.files])
+        if orphans:
+            shown = ", ".join(os.path.relpath(o, root) for o in orphans[:5])
+            notes.append(f"{len(orphans)} label file(s) without an image: {shown}")
+        return Layout(root, "YOLO txt labels (images/ beside labels/)", splits, names, notes)
 
     # split folders, each holding one pool in any format
     split_dirs = {}

@@ -10,9 +10,10 @@ by fixed rules, the same for every dataset:
 
 * input size 320, or 416 when a tenth of the boxes are under 32 px at 320;
 * a stride-8 feature map only when the smallest boxes (2nd percentile) are under 40 px;
-* prior scales in geometric steps from a little below the smallest boxes up to 0.95 (crops
-  zoom objects in during training, so the large scales stay), aspect ratios 2 (and 3 when
-  more than 5% of the boxes are more elongated than 1:2.5);
+* prior scales of three cells of each backbone map (smaller on the first map when the
+  smallest boxes are), then linearly up to 0.95 over the extra maps (crops zoom objects in
+  during training, so the large scales stay); aspect ratios 2 (and 3 when more than 5% of the
+  boxes are more elongated than 1:2.5);
 * zoom-out up to 2x for small objects (4x, the paper's, otherwise); the channel order kept;
 * SSDLite on EfficientNet-Lite0 with ImageNet weights, the stem and first blocks frozen, every
   depthwise kernel kept (the demo's settings: fast steps on a CPU), batch 8, lr 0.04, cosine;
@@ -71,13 +72,17 @@ def fit_model(stats: BoxStats) -> tuple[dict, dict, list[str]]:
         f"feature strides {strides}: "
         + (f"the smallest boxes (2%) are {p2 * size:.0f} px" if small else f"no boxes under {p2 * size:.0f} px")
     )
-    num_maps = len(strides) + 4
-    s_min = float(np.clip(0.8 * p2, 0.04, 0.15)) if stats.boxes else 0.1
-    # geometric steps: every scale ratio apart, so the gaps between prior sizes are the same at
-    # every size (IoU is scale-invariant); linear steps leave the small end sparse
-    scales = [round(float(s), 3) for s in np.geomspace(s_min, 0.95, num_maps)] + [1.05]
+    # each backbone map's priors span about three of its cells (the paper's SSD300: 3.5-3.75),
+    # so neighbouring priors overlap and every object lands near one; the extra maps go on
+    # linearly to 0.95 (crops zoom objects in during training, so the large scales stay)
+    backbone = [3 * st / size for st in strides]
+    if stats.boxes and p2 < 0.75 * backbone[0]:  # objects smaller than the first map's priors
+        backbone[0] = max(p2, 0.04)
+    extras = np.linspace(backbone[-1], 0.95, 5)[1:]
+    scales = [round(float(s), 3) for s in [*backbone, *extras]] + [1.05]
     reasons.append(
-        f"prior scales {scales[0]}..0.95, geometric over {num_maps} maps (smallest boxes: {p2:.3f} of the image)"
+        f"prior scales {scales[:-1]}: three cells of each backbone map, then on to 0.95 "
+        f"(smallest boxes: {p2:.3f} of the image)"
     )
     elongated = stats.fraction_elongated(2.5)
     ratios = [2, 3] if elongated > 0.05 else [2]
