@@ -104,7 +104,7 @@ def _train_and_report(cfg, resume: str | None, draw: int | None, report_on_val: 
     test = trainer.datasets.get("test")
     if test is None and report_on_val and trainer.datasets.get("val") is not None:
         test = trainer.datasets["val"]
-        print(f"no test split: the final report is on the held-out validation split {test.name} ({len(test)} images)")
+        print(f"no test split: the final report is on the validation split {test.name} ({len(test)} images)")
     if test is None:
         return 0
     best = os.path.join(cfg.out_dir, "best.pt")
