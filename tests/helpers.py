@@ -116,3 +116,31 @@ def logs_warning(match: str):
         logger.setLevel(level)
     messages = [r.getMessage() for r in records]
     assert any(re.search(match, m) for m in messages), f"no warning matching {match!r} was logged; got {messages}"
+
+
+TINY = {"image_size": 128, "feature_strides": [16, 32], "extra_channels": [128, 64], "pretrained_backbone": False}
+
+
+def tiny_config(root, out, *extra):
+    """A config that trains a tiny ssdlite_effl0 (no ImageNet weights) on ``root`` for 2 epochs."""
+    from multibox.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"data.root={root}",
+            "data.val=null",
+            "data.test=null",
+            "data.workers=0",
+            "model.name=ssdlite_effl0",
+            f"model.kwargs={TINY}",
+            "train.batch_size=4",
+            "train.epochs=2",
+            "train.lr=0.01",
+            "train.warmup_iters=2",
+            "train.eval_every=0",
+            "train.threads=2",
+            f"out_dir={out}",
+            *extra,
+        ],
+    )

@@ -12,14 +12,12 @@ import torch
 import yaml
 from PIL import Image
 
-from helpers import make_voc, shapes_image
+from helpers import TINY, make_voc, shapes_image, tiny_config
 from multibox.cli import fresh_out_dir, main, parse_duration
 from multibox.data.base import DatasetError, Record, remap_classes, verify_images
 from multibox.data.layout import detect_layout
 from multibox.data.stats import BoxStats, box_stats
 from multibox.engine.recipe import fit_model, fit_recipe, plan_splits, prior_shapes
-
-TINY = {"image_size": 128, "feature_strides": [16, 32], "extra_channels": [128, 64], "pretrained_backbone": False}
 
 
 def stats_of(sizes, aspects):
@@ -112,28 +110,7 @@ def test_parse_duration_and_fresh_out_dir(tmp_path):
 
 
 def _tiny_cfg(root, out, **train):
-    from multibox.config import load_config
-
-    cfg = load_config(
-        None,
-        [
-            f"data.root={root}",
-            "data.val=null",
-            "data.test=null",
-            "data.workers=0",
-            "model.name=ssdlite_effl0",
-            f"model.kwargs={TINY}",
-            "train.batch_size=4",
-            "train.lr=0.01",
-            "train.warmup_iters=2",
-            "train.eval_every=0",
-            "train.threads=2",
-            f"out_dir={out}",
-        ],
-    )
-    for k, v in train.items():
-        setattr(cfg.train, k, v)
-    return cfg
+    return tiny_config(root, out, *[f"train.{k}={v}" for k, v in train.items()])
 
 
 def test_time_budget_picks_epochs_and_the_run_equals_one_told_them(tmp_path):

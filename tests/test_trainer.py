@@ -6,34 +6,9 @@ import sys
 import pytest
 import torch
 
-from helpers import make_voc
-from multibox.config import load_config
+from helpers import TINY, make_voc, tiny_config
 from multibox.engine.trainer import Trainer, TrainingError, clip_grad_norm, lr_factor, make_sgd, param_groups
 from multibox.inference.checkpoint import load_checkpoint, model_from_checkpoint
-
-TINY = {"image_size": 128, "feature_strides": [16, 32], "extra_channels": [128, 64], "pretrained_backbone": False}
-
-
-def tiny_config(root, out, *extra):
-    return load_config(
-        None,
-        [
-            f"data.root={root}",
-            "data.val=null",
-            "data.test=null",
-            "data.workers=0",
-            "model.name=ssdlite_effl0",
-            f"model.kwargs={TINY}",
-            "train.batch_size=4",
-            "train.epochs=2",
-            "train.lr=0.01",
-            "train.warmup_iters=2",
-            "train.eval_every=0",
-            "train.threads=2",
-            f"out_dir={out}",
-            *extra,
-        ],
-    )
 
 
 @pytest.fixture(scope="module")
