@@ -332,3 +332,148 @@ def test_report_outputs(tmp_path):
 
     plot_errors(r, tmp_path / "errors.png")
     assert (tmp_path / "errors.png").stat().st_size > 5000
+
+
+# --- the two VOC conventions against transcriptions ------------------------------------------------
+
+
+def _vocevaldet(gt, dets, minoverlap, use_07):
+    """``VOCevaldet.m`` of the Pascal VOC devkit, transcribed line by line for one class.
+
+    ``gt``: ``{image: (BB (K, 4), difficult (K,))}``; ``dets``: ``[(image, confidence, bb)]`` in file order.
+    """
+    npos = sum(int((~diff).sum()) for _, diff in gt.values())
+    det = {i: np.zeros(len(bb), bool) for i, (bb, _) in gt.items()}
+    si = sorted(range(len(dets)), key=lambda k: -dets[k][1])  # [sc,si]=sort(-confidence): stable
+    nd = len(dets)
+    tp, fp = np.zeros(nd), np.zeros(nd)
+    for d in range(nd):
+        i, _, bb = dets[si[d]]
+        gtbb, gtdiff = gt[i]
+        ovmax, jmax = -np.inf, -1
+        for j in range(len(gtbb)):
+            bbgt = gtbb[j]
+            bi = [max(bb[0], bbgt[0]), max(bb[1], bbgt[1]), min(bb[2], bbgt[2]), min(bb[3], bbgt[3])]
+            iw = bi[2] - bi[0] + 1
+            ih = bi[3] - bi[1] + 1
+            if iw > 0 and ih > 0:
+                ua = (
+                    (bb[2] - bb[0] + 1) * (bb[3] - bb[1] + 1)
+                    + (bbgt[2] - bbgt[0] + 1) * (bbgt[3] - bbgt[1] + 1)
+                    - iw * ih
+                )
+                ov = iw * ih / ua
+                if ov > ovmax:
+                    ovmax, jmax = ov, j
+        if ovmax >= minoverlap:
+            if not gtdiff[jmax]:
+                if not det[i][jmax]:
+                    tp[d] = 1
+                    det[i][jmax] = True
+                else:
+                    fp[d] = 1
+        else:
+            fp[d] = 1
+    fp, tp = np.cumsum(fp), np.cumsum(tp)
+    rec = tp / npos
+    with np.errstate(invalid="ignore"):
+        prec = tp / (fp + tp)  # 0/0 is NaN in MATLAB too; its max() skips NaN
+    if use_07:
+        ap = 0.0
+        for k in range(11):  # t = 0:0.1:1 (MATLAB's colon: the second half counted back from 1)
+            t = k * 0.1 if k <= 5 else 1 - (10 - k) * 0.1
+            p = prec[(rec >= t) & ~np.isnan(prec)]
+            ap += (p.max() if len(p) else 0.0) / 11
+        return ap
+    mrec = np.concatenate([[0], rec, [1]])
+    mpre = np.concatenate([[0], prec, [0]])
+    for i in range(len(mpre) - 2, -1, -1):
+        mpre[i] = np.fmax(mpre[i], mpre[i + 1])
+    i = np.nonzero(mrec[1:] != mrec[:-1])[0] + 1
+    return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i]))
+
+
+def _continuous(gt, dets, thr, use_07):
+    """Today's rule, written plainly: continuous IoU, a match above the threshold."""
+    npos = sum(int((~diff).sum()) for _, diff in gt.values())
+    taken = {i: np.zeros(len(bb), bool) for i, (bb, _) in gt.items()}
+    flags = []
+    for d in sorted(range(len(dets)), key=lambda k: -dets[k][1]):
+        i, _, bb = dets[d]
+        gtbb, gtdiff = gt[i]
+        best, jbest = -1.0, -1
+        for j, g in enumerate(gtbb):
+            iw = max(0.0, min(bb[2], g[2]) - max(bb[0], g[0]))
+            ih = max(0.0, min(bb[3], g[3]) - max(bb[1], g[1]))
+            union = (bb[2] - bb[0]) * (bb[3] - bb[1]) + (g[2] - g[0]) * (g[3] - g[1]) - iw * ih
+            ov = iw * ih / union if union > 0 else 0.0
+            if ov > best:
+                best, jbest = ov, j
+        if best > thr and gtdiff[jbest]:
+            continue
+        if best > thr and not taken[i][jbest]:
+            taken[i][jbest] = True
+            flags.append(1)
+        else:
+            flags.append(0)
+    tp = np.cumsum(flags)
+    fp = np.cumsum(1 - np.array(flags))
+    rec = tp / npos
+    prec = tp / np.maximum(tp + fp, np.finfo(float).eps)
+    return voc_ap(rec, prec, use_07)
+
+
+def _near_half_corpus(seed, n_images=30):
+    """Integer boxes, many of them small and shifted by a pixel or two, so that lots of overlaps
+    sit near 0.5 (where the two conventions part); difficult objects; tied scores."""
+    rng = np.random.default_rng(seed)
+    images = {}
+    for i in range(n_images):
+        k = int(rng.integers(0, 6))
+        xy = rng.integers(0, 60, (k, 2))
+        wh = rng.integers(2, 14, (k, 2))
+        gb = np.concatenate([xy, xy + wh], 1).astype(float)
+        gl = rng.integers(1, 3, k)
+        gd = rng.random(k) < 0.15
+        dets = []
+        for b, c in zip(gb, gl):
+            for _ in range(int(rng.integers(0, 4))):
+                dets.append((b + rng.integers(-3, 4, 4), c if rng.random() < 0.9 else 3 - c))
+        for _ in range(int(rng.integers(0, 3))):
+            p = rng.integers(0, 60, 2)
+            dets.append((np.concatenate([p, p + rng.integers(2, 14, 2)]).astype(float), int(rng.integers(1, 3))))
+        db = np.array([b for b, _ in dets], float).reshape(-1, 4)
+        db[:, 2:] = np.maximum(db[:, 2:], db[:, :2])  # no negative widths
+        dl = np.array([c for _, c in dets], np.int64)
+        ds = np.round(rng.random(len(dets)), 1)  # tied scores
+        images[f"im{i}"] = (gb, gl, gd, db, ds, dl)
+    return images
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("use_07", [True, False])
+def test_devkit_and_continuous_conventions_equal_their_transcriptions(seed, use_07):
+    images = _near_half_corpus(seed)
+    evs = {c: Evaluator(["a", "b"], voc_convention=c) for c in ("devkit", "continuous")}
+    for img, (gb, gl, gd, db, ds, dl) in images.items():
+        for ev in evs.values():
+            ev.add(img, gb, gl, db, ds, dl, difficult=gd)
+    differ = 0
+    for label in (1, 2):
+        gt = {img: (v[0][v[1] == label], v[2][v[1] == label]) for img, v in images.items()}
+        dets = [(img, s, b) for img, v in images.items() for b, s, c in zip(v[3], v[4], v[5]) if c == label]
+        want_dev, want_cont = _vocevaldet(gt, dets, 0.5, use_07), _continuous(gt, dets, 0.5, use_07)
+        got_dev = evs["devkit"].voc(0.5, use_07)[label].ap
+        got_cont = evs["continuous"].voc(0.5, use_07)[label].ap
+        assert abs(got_dev - want_dev) <= 1e-12 and abs(got_cont - want_cont) <= 1e-12
+        differ += abs(want_dev - want_cont) > 1e-6
+    assert differ  # the corpus does tell the conventions apart
+
+
+def test_report_names_its_convention():
+    ev = Evaluator(["a"], voc_convention="devkit")
+    ev.add("x", [[0, 0, 9, 9]], [1], [[0, 0, 9, 9]], [0.9], [1])
+    report = ev.compute(coco=False)
+    assert "devkit (VOCevaldet.m" in report.table() and report.to_dict()["voc_convention"] == "devkit"
+    with pytest.raises(ValueError, match="voc_convention must be one of"):
+        Evaluator(["a"], voc_convention="matlab")

@@ -314,6 +314,8 @@ def _cmd_val(args: argparse.Namespace) -> int:
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"val_{split}")
     for name, value in _test_time_overrides(args).items():
         setattr(model.postprocess_config, name, value)
+    if args.voc_convention:
+        dataset.voc_convention = args.voc_convention
     report = _score_and_report(model, dataset, out, device=args.device, draw=args.draw)
     print(report.table())
     print(f"wrote metrics.json, metrics.txt, pr_curves/, errors.png and predictions/ to {out}")
@@ -456,6 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("val", help="evaluate a checkpoint on a dataset split")
     p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--voc-convention",
+        choices=("devkit", "continuous"),
+        help="VOC AP as VOCevaldet.m (inclusive pixels, IoU >=) or continuous (IoU >); default: by the data's format",
+    )
     p.add_argument("--split", help="split name (default: the config's test split)")
     p.add_argument("--data", help="dataset folder (default: the one it was trained on)")
     p.add_argument("--out", help="output folder (default: beside the checkpoint)")

@@ -115,6 +115,29 @@ def box_iou_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
+def box_iou_inclusive_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
+    """IoU as the Pascal VOC devkit computes it (``VOCevaldet.m``): coordinates are inclusive
+    pixel indices, so a box spans ``x2 - x1 + 1`` pixels; pairs whose intersection is not
+    positive in both directions get ``-inf`` (the devkit never considers them).
+
+    Args:
+        boxes1: ``(A, 4)`` xyxy.
+        boxes2: ``(B, 4)`` xyxy.
+
+    Returns:
+        ``(A, B)`` float64 overlaps.
+    """
+    b1, b2 = np.asarray(boxes1, np.float64), np.asarray(boxes2, np.float64)
+    iw = np.minimum(b1[:, None, 2], b2[None, :, 2]) - np.maximum(b1[:, None, 0], b2[None, :, 0]) + 1
+    ih = np.minimum(b1[:, None, 3], b2[None, :, 3]) - np.maximum(b1[:, None, 1], b2[None, :, 1]) + 1
+    inter = iw * ih
+    area1 = (b1[:, 2] - b1[:, 0] + 1) * (b1[:, 3] - b1[:, 1] + 1)
+    area2 = (b2[:, 2] - b2[:, 0] + 1) * (b2[:, 3] - b2[:, 1] + 1)
+    union = area1[:, None] + area2[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where((iw > 0) & (ih > 0), inter / union, -np.inf)
+
+
 def encode_boxes(boxes: Tensor, priors: Tensor, variances: tuple[float, float] = DEFAULT_VARIANCES) -> Tensor:
     """Regression targets of xyxy ``boxes`` against cxcywh ``priors`` (SSD eq. 2).
 

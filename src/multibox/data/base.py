@@ -114,6 +114,9 @@ class DetectionDataset:
         # and warns, naming the file; otherwise the error (naming the file) propagates.
         self.skip_bad = False
         self.unreadable: list[str] = []
+        # how VOC AP reads this data's boxes: "devkit" (inclusive pixel indices, as VOC-style
+        # XML and CSV annotations are written) or "continuous" (COCO, YOLO); set by the readers
+        self.voc_convention = "continuous"
 
     def __len__(self) -> int:
         return len(self.records)

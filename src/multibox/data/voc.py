@@ -127,7 +127,9 @@ def _build(
         )
     if not records:
         raise DatasetError(f"{name}: no images")
-    return DetectionDataset(records, class_names, name, transform, problems)
+    ds = DetectionDataset(records, class_names, name, transform, problems)
+    ds.voc_convention = "devkit"  # VOC coordinates are inclusive pixel indices
+    return ds
 
 
 def _read_split(path: str) -> list[str]:

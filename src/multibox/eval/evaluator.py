@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.boxes import box_iou_numpy
+from ..core.boxes import box_iou_inclusive_numpy, box_iou_numpy
 from .coco import coco_evaluate, coco_ground_truth, coco_results
-from .voc import ERROR_KINDS, ClassResult, class_result, error_breakdown, mean_ap
+from .voc import ERROR_KINDS, VOC_CONVENTIONS, ClassResult, class_result, error_breakdown, mean_ap
 
 
 def _as_boxes(x, what: str, image_id) -> np.ndarray:
@@ -55,6 +55,7 @@ class EvalReport:
     coco: dict[str, float] | None = None
     num_images: int = 0
     errors: dict[int, dict[str, int]] | None = None  # label -> error breakdown at IoU 0.5
+    voc_convention: str = "continuous"  # devkit: inclusive pixels, IoU >= t; continuous: IoU > t
 
     @property
     def map07(self) -> float:
@@ -78,6 +79,7 @@ class EvalReport:
         )
         for t, v in sorted(self.ap_at.items()):
             lines.append(f"mAP@{t:.2f} (area): {v:.4f}")
+        lines.append(f"VOC AP convention: {CONVENTION_TEXT[self.voc_convention]}")
         if self.coco:
             lines.append(
                 "COCO: " + "  ".join(f"{k} {'n/a' if math.isnan(v) else f'{v:.4f}'}" for k, v in self.coco.items())
@@ -99,6 +101,7 @@ class EvalReport:
 
         return {
             "num_images": self.num_images,
+            "voc_convention": self.voc_convention,
             "mAP50_voc07": clean(self.map07),
             "mAP50": clean(self.map),
             "per_class": {
@@ -120,6 +123,12 @@ class EvalReport:
             json.dump(self.to_dict(), f, indent=2)
 
 
+CONVENTION_TEXT = {
+    "devkit": "devkit (VOCevaldet.m: inclusive pixel coordinates, IoU >= threshold)",
+    "continuous": "continuous (IoU of continuous coordinates, IoU > threshold)",
+}
+
+
 class Evaluator:
     """Incremental detection evaluator (VOC AP ours, COCO through faster-coco-eval).
 
@@ -128,6 +137,9 @@ class Evaluator:
         category_ids: the dataset's category id of each label (for COCO output);
             default ``1..C``.
         iou_thresholds: extra IoU thresholds at which to report area mAP.
+        voc_convention: ``"devkit"`` (the official ``VOCevaldet.m``: inclusive pixel
+            coordinates, a match at ``IoU >= threshold``; for VOC-style annotations) or
+            ``"continuous"`` (continuous coordinates, ``IoU > threshold``; COCO, YOLO).
     """
 
     def __init__(
@@ -135,7 +147,11 @@ class Evaluator:
         class_names: Sequence[str],
         category_ids: Sequence[int] | None = None,
         iou_thresholds: Sequence[float] = (),
+        voc_convention: str = "continuous",
     ) -> None:
+        if voc_convention not in VOC_CONVENTIONS:
+            raise ValueError(f"voc_convention must be one of {VOC_CONVENTIONS}, got {voc_convention!r}")
+        self.voc_convention = voc_convention
         self.class_names = list(class_names)
         self.category_ids = list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
         if len(self.category_ids) != len(self.class_names):
@@ -203,13 +219,14 @@ class Evaluator:
         self._gt_difficult.append(gd)
         if len(db):
             if len(gb):
-                iou = box_iou_numpy(db, gb)
+                devkit = self.voc_convention == "devkit"
+                iou = box_iou_inclusive_numpy(db, gb) if devkit else box_iou_numpy(db, gb)
                 same = dl[:, None] == gl[None, :]
                 other = np.where(same, 0.0, iou).max(axis=1)  # for the error breakdown
-                iou[~same] = -1.0  # only objects of the detection's class
-                j = iou.argmax(axis=1)
+                iou[~same] = -np.inf  # only objects of the detection's class
+                j = iou.argmax(axis=1)  # the first of equal overlaps, as the devkit's strict "ov > ovmax"
                 ov = iou[np.arange(len(db)), j]
-                has = ov >= 0
+                has = ov > -np.inf  # devkit: only objects it intersects; continuous: any of its class
                 gidx = np.where(has, self._num_gt + j, -1)
                 gdiff = np.where(has, gd[j], False)
                 ov = np.where(has, ov, 0.0)
@@ -241,14 +258,19 @@ class Evaluator:
 
     def voc(self, iou_threshold: float = 0.5, use_07_metric: bool = False) -> dict[int, ClassResult]:
         """Per-class VOC AP at one IoU threshold."""
+        at_least = self.voc_convention == "devkit"
         return {
-            label: class_result(*cols[:4], num_gt, iou_threshold, use_07_metric)
+            label: class_result(*cols[:4], num_gt, iou_threshold, use_07_metric, at_least)
             for label, cols, num_gt in self._per_class()
         }
 
     def errors(self, iou_threshold: float = 0.5) -> dict[int, dict[str, int]]:
         """Per class, what its best-scored detections are (see :func:`multibox.eval.voc.error_breakdown`)."""
-        return {label: error_breakdown(*cols, num_gt, iou_threshold) for label, cols, num_gt in self._per_class()}
+        at_least = self.voc_convention == "devkit"
+        return {
+            label: error_breakdown(*cols, num_gt, iou_threshold, at_least=at_least)
+            for label, cols, num_gt in self._per_class()
+        }
 
     def coco(self) -> dict[str, float]:
         """COCO AP/AR through faster-coco-eval (difficult objects count as ordinary objects)."""
@@ -272,7 +294,12 @@ class Evaluator:
     def compute(self, coco: bool = True) -> EvalReport:
         """VOC AP at 0.5 with both interpolations, extra thresholds, and COCO metrics."""
         report = EvalReport(
-            self.class_names, self.voc(0.5, True), self.voc(0.5, False), num_images=len(self), errors=self.errors(0.5)
+            self.class_names,
+            self.voc(0.5, True),
+            self.voc(0.5, False),
+            num_images=len(self),
+            errors=self.errors(0.5),
+            voc_convention=self.voc_convention,
         )
         for t in self.iou_thresholds:
             report.ap_at[t] = mean_ap(self.voc(t, False))

@@ -55,9 +55,18 @@ def evaluate_model(
     progress: bool = True,
     keep_predictions: bool = False,
     channels_last: bool = False,
+    voc_convention: str | None = None,
 ):
-    """Score ``model`` on ``dataset``; returns the :class:`EvalReport` (and predictions if asked)."""
-    ev = Evaluator(dataset.class_names, dataset.category_ids, iou_thresholds=(0.75,))
+    """Score ``model`` on ``dataset``; returns the :class:`EvalReport` (and predictions if asked).
+
+    ``voc_convention``: ``"devkit"`` or ``"continuous"`` (see :class:`~multibox.eval.Evaluator`);
+    default: the dataset's (devkit for VOC-style XML and CSV boxes, continuous for COCO and YOLO)."""
+    ev = Evaluator(
+        dataset.class_names,
+        dataset.category_ids,
+        iou_thresholds=(0.75,),
+        voc_convention=voc_convention or getattr(dataset, "voc_convention", "continuous"),
+    )
     kept = []
     for i, d in predict_dataset(model, dataset, batch_size, device, workers, progress, channels_last):
         r = dataset.records[i]
