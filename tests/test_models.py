@@ -225,3 +225,36 @@ def test_pickle_that_runs_code_is_refused(tmp_path):
     torch.save({"w": torch.zeros(1), "x": _Evil()}, path)
     with pytest.raises(ValueError, match="refused to load"):
         read_state_dict(path)
+
+
+def test_walkthrough_head_decodes_as_its_offset_to_bb():
+    """``ssd_resnet*(head="walkthrough")``: tanh-bounded offsets relative to each anchor, decoded
+    by SSD's decoder into exactly the walkthrough's boxes; its evaluation settings."""
+    from multibox.core.boxes import decode_boxes, tanh_offsets
+
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randn(2, 189, 4, generator=g) * 2
+    model = create_model("ssd_resnet34", num_classes=3, head="walkthrough")
+    priors = model.priors
+
+    def offset_to_bb(off, db):  # the walkthrough's actn_to_bb, transcribed (centre/size -> corners)
+        off = torch.tanh(off)
+        center = (off[..., :2] / 2) * db[:, 2:] + db[:, :2]
+        wh = ((off[..., 2:] / 2) + 1) * db[:, 2:]
+        return torch.cat([center - wh / 2, center + wh / 2], -1)
+
+    got = decode_boxes(tanh_offsets(raw, model.variances), priors, model.variances)
+    torch.testing.assert_close(got, offset_to_bb(raw, priors), atol=1e-6, rtol=1e-5)
+    assert model.box_coding == "tanh" and create_model("ssd_resnet34", num_classes=3).box_coding == "ssd"
+    cfg = model.postprocess_config
+    assert (cfg.iou_threshold, cfg.candidates_per_class) == (0.4, 50)
+    # the forward pass applies it, and the folded inference copy keeps it
+    from multibox.models.fuse import inference_copy
+
+    model.eval()
+    images = torch.rand(2, 3, 224, 224, generator=g) * 255
+    loc, _ = model(images)
+    assert loc[..., :2].abs().max() <= 0.5 / model.variances[0] + 1e-6  # at most half a prior away
+    torch.testing.assert_close(inference_copy(model, channels_last=False)(images)[0], loc, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="head must be 'ssd' or 'walkthrough'"):
+        create_model("ssd_resnet18", num_classes=3, head="fastai")

@@ -75,3 +75,84 @@ def test_bad_specs_raise():
         ssd_feature_maps([38, 19], [0.1, 0.2], [[2], [2]])
     with pytest.raises(ValueError, match="positive"):
         ssd_feature_maps([3], [0.1, 0.2], [[-2]])
+
+
+# --- the SSD300 prior variants ----------------------------------------------------------------------
+
+
+def _seed_create_prior_boxes():
+    """The seed tutorial's ``create_prior_boxes``, transcribed (``torch.FloatTensor`` of Python floats)."""
+    from math import sqrt
+
+    fmap_dims = {"conv4_3": 38, "conv7": 19, "conv8_2": 10, "conv9_2": 5, "conv10_2": 3, "conv11_2": 1}
+    obj_scales = {"conv4_3": 0.1, "conv7": 0.2, "conv8_2": 0.375, "conv9_2": 0.55, "conv10_2": 0.725, "conv11_2": 0.9}
+    aspect_ratios = {
+        "conv4_3": [1.0, 2.0, 0.5],
+        "conv7": [1.0, 2.0, 3.0, 0.5, 0.333],
+        "conv8_2": [1.0, 2.0, 3.0, 0.5, 0.333],
+        "conv9_2": [1.0, 2.0, 3.0, 0.5, 0.333],
+        "conv10_2": [1.0, 2.0, 0.5],
+        "conv11_2": [1.0, 2.0, 0.5],
+    }
+    fmaps = list(fmap_dims.keys())
+    prior_boxes = []
+    for k, fmap in enumerate(fmaps):
+        for i in range(fmap_dims[fmap]):
+            for j in range(fmap_dims[fmap]):
+                cx = (j + 0.5) / fmap_dims[fmap]
+                cy = (i + 0.5) / fmap_dims[fmap]
+                for ratio in aspect_ratios[fmap]:
+                    prior_boxes.append([cx, cy, obj_scales[fmap] * sqrt(ratio), obj_scales[fmap] / sqrt(ratio)])
+                    if ratio == 1.0:
+                        try:
+                            additional_scale = sqrt(obj_scales[fmap] * obj_scales[fmaps[k + 1]])
+                        except IndexError:
+                            additional_scale = 1.0
+                        prior_boxes.append([cx, cy, additional_scale, additional_scale])
+    prior_boxes = torch.FloatTensor(prior_boxes)
+    prior_boxes.clamp_(0, 1)
+    return prior_boxes
+
+
+def test_seed_priors_bit_for_bit():
+    from multibox import create_model
+    from multibox.core.priors import ssd_prior_variant
+
+    want = _seed_create_prior_boxes()
+    assert want.shape == (8732, 4)
+    assert torch.equal(make_priors(*ssd_prior_variant("seed")), want)
+    assert torch.equal(create_model("ssd300_vgg16", num_classes=20, priors="seed").priors, want)
+    # the default ("paper") differs where the issue says: the last extra square and the clamp
+    paper = create_model("ssd300_vgg16", num_classes=20).priors
+    assert not torch.equal(paper, want)
+
+
+def test_caffe_priors_by_hand():
+    from multibox.core.priors import ssd_prior_variant
+
+    p = make_priors(*ssd_prior_variant("caffe")).double()
+    # conv4_3, first cell: centre (0.5 * 8 / 300), min size 30, sqrt(30 * 60), then ratio 2 and 1/2
+    c = 4 / 300
+    torch.testing.assert_close(p[0], torch.tensor([c, c, 0.1, 0.1], dtype=torch.float64), atol=1e-7, rtol=0)
+    torch.testing.assert_close(p[1, 2], torch.tensor(math.sqrt(30 * 60) / 300, dtype=torch.float64), atol=1e-7, rtol=0)
+    torch.testing.assert_close(
+        p[2, 2:], torch.tensor([0.1 * math.sqrt(2), 0.1 / math.sqrt(2)], dtype=torch.float64), atol=1e-7, rtol=0
+    )
+    # conv7 starts after 38 * 38 * 4 priors: centre (0.5 * 16 / 300), min size 60
+    q = p[38 * 38 * 4]
+    torch.testing.assert_close(q, torch.tensor([8 / 300, 8 / 300, 0.2, 0.2], dtype=torch.float64), atol=1e-7, rtol=0)
+    # the 1 x 1 map (step 300): centred, min size 264, max size 315
+    last = p[-4:]
+    torch.testing.assert_close(last[0], torch.tensor([0.5, 0.5, 0.88, 0.88], dtype=torch.float64), atol=1e-7, rtol=0)
+    assert abs(float(last[1, 2]) - math.sqrt(264 * 315) / 300) < 1e-7
+
+
+def test_prior_variant_errors():
+    from multibox import create_model
+    from multibox.core.priors import ssd_prior_variant
+
+    with pytest.raises(ValueError, match="priors must be one of paper, caffe for SSD512"):
+        ssd_prior_variant("seed", 512)
+    with pytest.raises(ValueError, match="not both"):
+        create_model("ssd300_vgg16", num_classes=2, priors="caffe", scales=[0.1] * 7)
+    assert create_model("ssd512_vgg16", num_classes=2, priors="caffe").priors.shape == (24564, 4)

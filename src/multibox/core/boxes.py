@@ -138,6 +138,26 @@ def box_iou_inclusive_numpy(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarra
         return np.where((iw > 0) & (ih > 0), inter / union, -np.inf)
 
 
+def tanh_offsets(raw: Tensor, variances: tuple[float, float] = DEFAULT_VARIANCES) -> Tensor:
+    """The ResNet walkthrough's bounded offsets (its ``actn_to_bb``), as SSD offsets.
+
+    The walkthrough squashes a head's raw output with ``tanh`` and moves each prior by at most
+    half its size: centre ``p_c + tanh(r_c) / 2 * p_wh``, size ``(1 + tanh(r_wh) / 2) * p_wh``.
+    Those boxes in SSD's encoding (:func:`encode_boxes`) are ``tanh(r_c) / (2 v0)`` and
+    ``log(1 + tanh(r_wh) / 2) / v1``, so :func:`decode_boxes` then gives the walkthrough's boxes
+    and every later stage (post-processing, mirroring, export, the loss) stays as it is.
+
+    Args:
+        raw: ``(..., 4)`` raw head outputs.
+        variances: SSD's ``(v0, v1)``.
+
+    Returns:
+        ``(..., 4)`` SSD offsets.
+    """
+    t = torch.tanh(raw)
+    return torch.cat((t[..., :2] / (2 * variances[0]), torch.log1p(t[..., 2:] / 2) / variances[1]), dim=-1)
+
+
 def encode_boxes(boxes: Tensor, priors: Tensor, variances: tuple[float, float] = DEFAULT_VARIANCES) -> Tensor:
     """Regression targets of xyxy ``boxes`` against cxcywh ``priors`` (SSD eq. 2).
 

@@ -126,9 +126,13 @@ def make_priors(maps: Sequence[FeatureMapPriors], clip: bool | str = False) -> T
     out = []
     for fm in maps:
         rows, cols = fm.size
-        sy, sx = fm.step if fm.step is not None else (1.0 / rows, 1.0 / cols)
-        cy = (torch.arange(rows, dtype=torch.float64) + 0.5) * sy
-        cx = (torch.arange(cols, dtype=torch.float64) + 0.5) * sx
+        if fm.step is None:  # (i + 0.5) / rows, as the paper writes it (bit for bit the seed's centres)
+            cy = (torch.arange(rows, dtype=torch.float64) + 0.5) / rows
+            cx = (torch.arange(cols, dtype=torch.float64) + 0.5) / cols
+        else:
+            sy, sx = fm.step
+            cy = (torch.arange(rows, dtype=torch.float64) + 0.5) * sy
+            cx = (torch.arange(cols, dtype=torch.float64) + 0.5) * sx
         cy, cx = torch.meshgrid(cy, cx, indexing="ij")  # (rows, cols)
         wh = torch.tensor(fm.box_sizes, dtype=torch.float64)  # (A, 2)
         centres = torch.stack((cx, cy), dim=-1).reshape(-1, 1, 2).expand(-1, len(wh), 2)
@@ -161,6 +165,77 @@ def ssd300_priors(clip: bool = False) -> Tensor:
 def ssd512_priors(clip: bool = False) -> Tensor:
     """SSD512 priors (24564), the reference implementation's scales 0.07 ... 0.9."""
     return make_priors(ssd_feature_maps(SSD512_SIZES, SSD512_SCALES, SSD512_RATIOS), clip)
+
+
+# SSD300 prior variants (``create_model("ssd300_vgg16", priors=...)``), 8732 boxes each:
+#   paper        the paper's rule: scales 0.1, 0.2, 0.375, ... 0.9, the last map's extra square
+#                sqrt(0.9 * 1.0), no clipping (the default)
+#   seed         the seed tutorial's create_prior_boxes: per cell 1, extra, 2, [3,] 0.5, [.333] (its
+#                literal ratio), the last extra square 1.0, every (cx, cy, w, h) clamped to [0, 1]
+#   caffe        the original implementation: min/max sizes 30, 60, 111, 162, 213, 264 / 315 px
+#                over 300, steps 8, 16, 32, 64, 100, 300, centres at (i + 0.5) * step
+#   torchvision  torchvision's DefaultBoxGenerator: scales 0.07 ... 1.05, the same steps, widths
+#                and heights capped at 1
+SSD300_PRIOR_VARIANTS = ("paper", "seed", "caffe", "torchvision")
+SSD300_STEPS = (8, 16, 32, 64, 100, 300)
+SSD300_CAFFE_SIZES = (30, 60, 111, 162, 213, 264, 315)  # min sizes, then the last max size
+SSD512_PRIOR_VARIANTS = ("paper", "caffe")
+SSD512_STEPS = (8, 16, 32, 64, 128, 256, 512)
+SSD512_CAFFE_SIZES = (20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72)
+TORCHVISION_SSD300_SCALES = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
+
+
+def ssd_prior_variant(variant: str, image_size: int = 300) -> tuple[list[FeatureMapPriors], bool | str]:
+    """The prior maps and clipping of a named SSD300 or SSD512 variant (see the table above).
+
+    Args:
+        variant: one of :data:`SSD300_PRIOR_VARIANTS` (``image_size`` 300) or
+            :data:`SSD512_PRIOR_VARIANTS` (512).
+        image_size: 300 or 512.
+
+    Returns:
+        ``(maps, clip)`` for :func:`make_priors`.
+    """
+    if image_size == 300:
+        sizes, ratios, steps, caffe, known = (
+            SSD300_SIZES,
+            SSD300_RATIOS,
+            SSD300_STEPS,
+            SSD300_CAFFE_SIZES,
+            SSD300_PRIOR_VARIANTS,
+        )
+    elif image_size == 512:
+        sizes, ratios, steps, caffe, known = (
+            SSD512_SIZES,
+            SSD512_RATIOS,
+            SSD512_STEPS,
+            SSD512_CAFFE_SIZES,
+            SSD512_PRIOR_VARIANTS,
+        )
+    else:
+        raise ValueError(f"prior variants exist for SSD300 and SSD512, not {image_size} px inputs")
+    if variant not in known:
+        raise ValueError(f"priors must be one of {', '.join(known)} for SSD{image_size}, got {variant!r}")
+    if variant == "paper":
+        scales = SSD300_SCALES if image_size == 300 else SSD512_SCALES
+        return ssd_feature_maps(sizes, scales, ratios), False
+    if variant == "caffe":
+        scales = [v / image_size for v in caffe]
+        return ssd_feature_maps(sizes, scales, ratios, [st / image_size for st in steps]), False
+    if variant == "torchvision":
+        steps_f = [st / image_size for st in steps]
+        return ssd_feature_maps(sizes, TORCHVISION_SSD300_SCALES, ratios, steps_f), "size"
+    # seed: its own order and its literal ratios, the last extra square 1.0, clamped
+    scales = SSD300_SCALES[:-1]
+    maps = []
+    for k, (n, rs) in enumerate(zip(sizes, ratios)):
+        s = scales[k]
+        extra = math.sqrt(s * scales[k + 1]) if k + 1 < len(scales) else 1.0
+        shapes = [(s * math.sqrt(1.0), s / math.sqrt(1.0)), (extra, extra)]
+        shapes += [(s * math.sqrt(r), s / math.sqrt(r)) for r in (2.0, 3.0) if r in rs or r == 2.0]
+        shapes += [(s * math.sqrt(r), s / math.sqrt(r)) for r in (0.5, 0.333) if r == 0.5 or 3 in rs]
+        maps.append(FeatureMapPriors(_pair(n), tuple(shapes)))
+    return maps, "size"
 
 
 def linear_scales(num_maps: int, s_min: float = 0.2, s_max: float = 0.9) -> tuple[float, ...]:

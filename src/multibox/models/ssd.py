@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..core.boxes import DEFAULT_VARIANCES
+from ..core.boxes import DEFAULT_VARIANCES, tanh_offsets
 from ..core.postprocess import Detections, postprocess
 from ..core.priors import FeatureMapPriors, make_priors
 from ..core.tta import TTA_MODES, check_tta, check_views, merge_views, mirror_images, mirror_partners
@@ -69,6 +69,7 @@ class SSD(nn.Module):
         clip_priors: bool | str = False,
         variances: tuple[float, float] = DEFAULT_VARIANCES,
         postprocess_config: PostprocessConfig | None = None,
+        box_coding: str = "ssd",
     ) -> None:
         super().__init__()
         if score_type not in ("softmax", "sigmoid"):
@@ -85,6 +86,9 @@ class SSD(nn.Module):
         self.score_type = score_type
         self.backbone_maps = tuple(backbone_maps)
         self.variances = variances
+        if box_coding not in ("ssd", "tanh"):
+            raise ValueError(f"box_coding must be 'ssd' or 'tanh', got {box_coding!r}")
+        self.box_coding = box_coding  # tanh: the walkthrough's bounded offsets (core.boxes.tanh_offsets)
         self.postprocess_config = postprocess_config or PostprocessConfig()
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -177,7 +181,10 @@ class SSD(nn.Module):
                 f"feature map sizes {sizes} do not match the priors {expected}; this model expects "
                 f"{self.image_size[0]}x{self.image_size[1]} inputs, got {images.shape[-2]}x{images.shape[-1]}"
             )
-        return self.head(maps)
+        loc, logits = self.head(maps)
+        if self.box_coding == "tanh":
+            loc = tanh_offsets(loc, self.variances)
+        return loc, logits
 
     @torch.no_grad()
     def predict(

@@ -22,6 +22,7 @@ from ..core.priors import (
     grid_feature_maps,
     linear_scales,
     ssd_feature_maps,
+    ssd_prior_variant,
 )
 from .backbones.efficientnet import IMAGE_MEAN as LITE_MEAN
 from .backbones.efficientnet import IMAGE_STD as LITE_STD
@@ -96,6 +97,7 @@ def _ssd_vgg16(
     clip_priors: bool | str,
     steps: Sequence[float] | None,
     kwargs: dict,
+    priors: str = "paper",
 ) -> SSD:
     post = _postprocess(kwargs)
     _reject_unknown(name, kwargs)
@@ -103,7 +105,13 @@ def _ssd_vgg16(
     if backbone_weights:
         backbone.load_state_dict(convert_vgg16_imagenet(read_state_dict(backbone_weights)))
     extras = ssd_extra_layers(1024, extras_spec)
-    prior_maps = ssd_feature_maps(sizes, scales, ratios, steps)
+    if priors == "paper":
+        prior_maps = ssd_feature_maps(sizes, scales, ratios, steps)
+    else:
+        default_scales = SSD300_SCALES if image_size == 300 else SSD512_SCALES
+        if tuple(scales) != tuple(default_scales) or steps is not None or clip_priors:
+            raise ValueError(f"{name}: give priors={priors!r} or scales/steps/clip_priors, not both")
+        prior_maps, clip_priors = ssd_prior_variant(priors, image_size)
     in_ch = [512, 1024] + [row[1] for row in extras_spec]
     head = SSDHead(
         in_ch,
@@ -136,11 +144,14 @@ def ssd300_vgg16(
     scales: Sequence[float] = SSD300_SCALES,
     steps: Sequence[float] | None = None,
     clip_priors: bool | str = False,
+    priors: str = "paper",
     **kwargs,
 ) -> SSD:
     """SSD300 (paper): VGG16 reduced, 6 maps 38/19/10/5/3/1, 4-6-6-6-4-4 priors per cell, 8732 priors.
 
     ``backbone_weights``: a torchvision-layout ImageNet VGG16 state dict file (fc6/fc7 are decimated).
+    ``priors``: ``"paper"`` (default), ``"seed"``, ``"caffe"`` or ``"torchvision"``
+    (:func:`multibox.core.priors.ssd_prior_variant`).
     """
     return _ssd_vgg16(
         "ssd300_vgg16",
@@ -157,6 +168,7 @@ def ssd300_vgg16(
         clip_priors,
         steps,
         kwargs,
+        priors,
     )
 
 
@@ -169,9 +181,13 @@ def ssd512_vgg16(
     scales: Sequence[float] = SSD512_SCALES,
     steps: Sequence[float] | None = None,
     clip_priors: bool | str = False,
+    priors: str = "paper",
     **kwargs,
 ) -> SSD:
-    """SSD512: VGG16 reduced, 7 maps 64/32/16/8/4/2/1, 4-6-6-6-6-4-4 priors per cell, 24564 priors."""
+    """SSD512: VGG16 reduced, 7 maps 64/32/16/8/4/2/1, 4-6-6-6-6-4-4 priors per cell, 24564 priors.
+
+    ``priors``: ``"paper"`` (default: the reference implementation's scales 0.07 ... 1.05) or
+    ``"caffe"`` (its pixel min/max sizes and steps)."""
     return _ssd_vgg16(
         "ssd512_vgg16",
         num_classes,
@@ -187,6 +203,7 @@ def ssd512_vgg16(
         clip_priors,
         steps,
         kwargs,
+        priors,
     )
 
 
@@ -213,7 +230,13 @@ def _ssd_resnet(
     drop_hidden: float,
     image_size: int,
     kwargs: dict,
+    head_style: str = "ssd",
 ) -> SSD:
+    if head_style not in ("ssd", "walkthrough"):
+        raise ValueError(f"ssd_resnet{depth}: head must be 'ssd' or 'walkthrough', got {head_style!r}")
+    if head_style == "walkthrough":  # its evaluation: NMS at 0.4 over the 50 best boxes of a class
+        kwargs.setdefault("iou_threshold", 0.4)
+        kwargs.setdefault("candidates_per_class", 50)
     post = _postprocess(kwargs)
     _reject_unknown(f"ssd_resnet{depth}", kwargs)
     backbone = ResNet(depth)
@@ -249,6 +272,7 @@ def _ssd_resnet(
         IMAGENET_STD,
         backbone_maps=(),
         postprocess_config=post,
+        box_coding="tanh" if head_style == "walkthrough" else "ssd",
     )
 
 
@@ -260,17 +284,20 @@ def _resnet_builder(depth: int) -> Callable[..., SSD]:
         width: int = 256,
         drop_input: float = 0.4,
         drop_hidden: float = 0.2,
+        head: str = "ssd",
         **kwargs,
     ) -> SSD:
         return _ssd_resnet(
-            depth, num_classes, backbone_weights, score_type, width, drop_input, drop_hidden, 224, kwargs
+            depth, num_classes, backbone_weights, score_type, width, drop_input, drop_hidden, 224, kwargs, head
         )
 
     build.__name__ = f"ssd_resnet{depth}"
     build.__doc__ = (
         f"The walkthrough's SSD on ResNet-{depth}: 224 input, a light head over 4x4/2x2/1x1 grids, "
         "k = 9 anchors per cell (189 priors), sigmoid scores with class-bias initialisation "
-        "(train with FocalLoss). ``backbone_weights``: torchvision-layout ResNet state dict file."
+        "(train with FocalLoss). ``backbone_weights``: torchvision-layout ResNet state dict file. "
+        "``head='walkthrough'``: its tanh-bounded offsets relative to each anchor "
+        "(multibox.core.boxes.tanh_offsets) and its evaluation settings (NMS at 0.4, 50 boxes per class)."
     )
     return build
 
