@@ -60,3 +60,14 @@ def test_save_and_reload_round_trip(tmp_path):
     again = load_config(str(tmp_path / "c.yaml"))
     assert again == cfg
     assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_with_overrides_copies_and_applies():
+    from multibox.config import Config, with_overrides
+
+    cfg = Config()
+    out = with_overrides(cfg, ["train.epochs=3", "model.kwargs={image_size: 256}", "data.val=null"])
+    assert (out.train.epochs, out.model.kwargs, out.data.val) == (3, {"image_size": 256}, None)
+    assert cfg.train.epochs == 50 and cfg.model.kwargs == {}  # the original is untouched
+    with pytest.raises(ValueError, match="must look like key=value"):
+        with_overrides(cfg, ["train.epochs"])

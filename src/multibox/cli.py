@@ -163,7 +163,7 @@ def fresh_out_dir(path: str) -> str:
 
 def _recipe_config(args: argparse.Namespace):
     """A config fitted to the dataset at ``--data`` (no preset given)."""
-    from .config import config_from_dict
+    from .config import with_overrides
     from .data.build import layout_of
     from .engine.recipe import fit_recipe
 
@@ -171,17 +171,7 @@ def _recipe_config(args: argparse.Namespace):
     print(f"found {layout.summary()}")
     cfg, reasons = fit_recipe(layout, time_budget=parse_duration(args.time), out_dir=args.out)
     if args.overrides:  # overrides on top of the fitted recipe
-        from .config import _plain, _set_dotted
-
-        values = _plain(cfg.to_dict())
-        for item in args.overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=0.01)")
-            key, raw = item.split("=", 1)
-            import yaml
-
-            _set_dotted(values, key.strip(), yaml.safe_load(raw))
-        cfg = config_from_dict(values)
+        cfg = with_overrides(cfg, args.overrides)
     print("recipe fitted to the data:\n  " + "\n  ".join(reasons))
     return cfg
 

@@ -147,6 +147,17 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
     return config_from_dict(values)
 
 
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """A copy of ``cfg`` with ``key=value`` overrides applied (values parsed as YAML)."""
+    values = _plain(cfg.to_dict())
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=0.01)")
+        key, raw = item.split("=", 1)
+        _set_dotted(values, key.strip(), yaml.safe_load(raw))
+    return config_from_dict(values)
+
+
 def config_from_dict(values: dict) -> Config:
     return _build(Config, values, "")
 
