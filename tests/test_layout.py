@@ -173,6 +173,24 @@ def test_coco_official_roboflow_and_single_json(tmp_path):
     check(detect_layout(str(root)), {"all": ITEMS}, "COCO")
 
 
+def test_coco_image_folder_found_when_images_come_after_a_large_annotation_list(tmp_path):
+    """Detection samples image names from the head of a COCO file; a file whose first megabyte
+    holds no image entry (annotations written first) is read whole instead."""
+    root = tmp_path / "late"
+    write_images(root / "train2017", ITEMS)
+    images, anns, cats = coco_dict(ITEMS)
+    padding = [
+        {"id": 10_000 + k, "image_id": 1, "category_id": 5, "bbox": [1, 1, 2, 2], "iscrowd": 1} for k in range(20_000)
+    ]
+    (root / "annotations").mkdir()
+    with open(root / "annotations" / "instances_train2017.json", "w") as f:
+        json.dump({"annotations": anns + padding, "categories": cats, "images": images}, f)
+    assert os.path.getsize(root / "annotations" / "instances_train2017.json") > 1_000_000
+    layout = detect_layout(str(root))
+    assert layout.splits["train"].image_dir == str(root / "train2017")
+    assert len(layout.load("train", NAMES)) == len(ITEMS)
+
+
 def test_yolo_images_labels_split_subfolders_and_classes_txt(tmp_path):
     root = tmp_path / "y1"
     for split, items in (("train", TRAIN), ("val", VAL)):

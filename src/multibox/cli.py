@@ -169,7 +169,7 @@ def _recipe_config(args: argparse.Namespace):
 
     layout = layout_of(args.data)
     print(f"found {layout.summary()}")
-    cfg, reasons = fit_recipe(layout, time_budget=parse_duration(args.time), out_dir=args.out)
+    cfg, reasons = fit_recipe(layout, time_budget=parse_duration(args.time))
     if args.overrides:  # overrides on top of the fitted recipe
         cfg = with_overrides(cfg, args.overrides)
     print("recipe fitted to the data:\n  " + "\n  ".join(reasons))
@@ -179,32 +179,26 @@ def _recipe_config(args: argparse.Namespace):
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
 
-    if args.config is None:
+    fitted = args.config is None  # no preset: a recipe fitted to the data at --data
+    if fitted:
         if not args.data:
             raise ValueError("give a preset or YAML file (-c, see multibox presets) or a dataset folder (--data DIR)")
         cfg = _recipe_config(args)
-        if args.weights:
-            cfg.model.checkpoint = args.weights
-        if not args.out and not args.resume:
-            cfg.out_dir = fresh_out_dir(cfg.out_dir)
-        resume = args.resume
-        if resume == "auto":
-            resume = os.path.join(cfg.out_dir, "last.pt")
-            if not os.path.exists(resume):
-                resume = None
-        return _train_and_report(cfg, resume, draw=args.draw, report_on_val=True)
-    cfg = load_config(args.config, args.overrides)
-    _apply_data_path(cfg, args.data)
+    else:
+        cfg = load_config(args.config, args.overrides)
+        _apply_data_path(cfg, args.data)
     if args.weights:
         cfg.model.checkpoint = args.weights
     if args.out:
         cfg.out_dir = args.out
+    elif fitted and not args.resume:
+        cfg.out_dir = fresh_out_dir(cfg.out_dir)
     resume = args.resume
     if resume == "auto":
         resume = os.path.join(cfg.out_dir, "last.pt")
         if not os.path.exists(resume):
             resume = None
-    return _train_and_report(cfg, resume, draw=args.draw)
+    return _train_and_report(cfg, resume, draw=args.draw, report_on_val=fitted)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -241,8 +235,6 @@ def _dataset_for_checkpoint(folder: str, split: str | None, names: list[str]):
 
 def _cmd_check(args: argparse.Namespace) -> int:
     """Everything about a dataset folder before a minute of training is spent."""
-    import numpy as np
-
     from .data.base import verify_images
     from .data.build import layout_of
     from .data.stats import box_stats
@@ -262,7 +254,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         stats = box_stats(ds)
         print(f"\n{split}: {stats.table()}")
         p = ds.problems
-        problems += [f"{split}: skipped: {r}" for r in (p.skip_reasons or p.skipped_files)]
+        problems += [f"{split}: skipped: {r}" for r in p.skip_reasons]
         if p.degenerate:
             problems.append(
                 f"{split}: {len(p.degenerate)} degenerate box(es) dropped: {', '.join(sorted(set(p.degenerate))[:10])}"
@@ -274,7 +266,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if names is None:
             names = ds.class_names
             kwargs, _, reasons = fit_model(stats)
-            w, h = stats.size * np.sqrt(stats.aspect), stats.size / np.sqrt(np.maximum(stats.aspect, 1e-9))
+            w, h = stats.relative_wh()
             picture = os.path.join(out, "box_shapes.png")
             plot_box_shapes(w, h, prior_shapes(kwargs), picture, title=f"{name}/{split}: boxes and the recipe's priors")
             print("the recipe a training run would choose:\n  " + "\n  ".join(reasons))

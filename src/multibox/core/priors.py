@@ -183,6 +183,11 @@ SSD512_PRIOR_VARIANTS = ("paper", "caffe")
 SSD512_STEPS = (8, 16, 32, 64, 128, 256, 512)
 SSD512_CAFFE_SIZES = (20.48, 51.2, 133.12, 215.04, 296.96, 378.88, 460.8, 542.72)
 TORCHVISION_SSD300_SCALES = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
+# input size -> (grid sizes, aspect ratios, steps in pixels, Caffe pixel sizes, variants offered)
+_VARIANT_TABLES = {
+    300: (SSD300_SIZES, SSD300_RATIOS, SSD300_STEPS, SSD300_CAFFE_SIZES, SSD300_PRIOR_VARIANTS),
+    512: (SSD512_SIZES, SSD512_RATIOS, SSD512_STEPS, SSD512_CAFFE_SIZES, SSD512_PRIOR_VARIANTS),
+}
 
 
 def ssd_prior_variant(variant: str, image_size: int = 300) -> tuple[list[FeatureMapPriors], bool | str]:
@@ -196,24 +201,9 @@ def ssd_prior_variant(variant: str, image_size: int = 300) -> tuple[list[Feature
     Returns:
         ``(maps, clip)`` for :func:`make_priors`.
     """
-    if image_size == 300:
-        sizes, ratios, steps, caffe, known = (
-            SSD300_SIZES,
-            SSD300_RATIOS,
-            SSD300_STEPS,
-            SSD300_CAFFE_SIZES,
-            SSD300_PRIOR_VARIANTS,
-        )
-    elif image_size == 512:
-        sizes, ratios, steps, caffe, known = (
-            SSD512_SIZES,
-            SSD512_RATIOS,
-            SSD512_STEPS,
-            SSD512_CAFFE_SIZES,
-            SSD512_PRIOR_VARIANTS,
-        )
-    else:
+    if image_size not in _VARIANT_TABLES:
         raise ValueError(f"prior variants exist for SSD300 and SSD512, not {image_size} px inputs")
+    sizes, ratios, steps, caffe, known = _VARIANT_TABLES[image_size]
     if variant not in known:
         raise ValueError(f"priors must be one of {', '.join(known)} for SSD{image_size}, got {variant!r}")
     if variant == "paper":
@@ -231,9 +221,8 @@ def ssd_prior_variant(variant: str, image_size: int = 300) -> tuple[list[Feature
     for k, (n, rs) in enumerate(zip(sizes, ratios)):
         s = scales[k]
         extra = math.sqrt(s * scales[k + 1]) if k + 1 < len(scales) else 1.0
-        shapes = [(s * math.sqrt(1.0), s / math.sqrt(1.0)), (extra, extra)]
-        shapes += [(s * math.sqrt(r), s / math.sqrt(r)) for r in (2.0, 3.0) if r in rs or r == 2.0]
-        shapes += [(s * math.sqrt(r), s / math.sqrt(r)) for r in (0.5, 0.333) if r == 0.5 or 3 in rs]
+        seed_ratios = (2.0, 3.0, 0.5, 0.333) if 3 in rs else (2.0, 0.5)
+        shapes = [(s, s), (extra, extra)] + [(s * math.sqrt(r), s / math.sqrt(r)) for r in seed_ratios]
         maps.append(FeatureMapPriors(_pair(n), tuple(shapes)))
     return maps, "size"
 

@@ -47,6 +47,11 @@ class Problems:
     skip_reasons: list[str] = field(default_factory=list)  # the error of each skipped file, for the run folder
     unknown_classes: dict = field(default_factory=dict)
 
+    def skip(self, name: str, reason: str) -> None:
+        """Count a skipped file (or annotation) and keep why, for the warning and the run folder."""
+        self.skipped_files.append(name)
+        self.skip_reasons.append(reason)
+
     def warn(self, name: str) -> None:
         def few(items: list[str]) -> str:
             return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
@@ -258,8 +263,8 @@ def verify_images(dataset: DetectionDataset, skip_bad: bool = False, workers: in
         listed = "; ".join(e for _, e in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise DatasetError(f"{dataset.name}: {len(bad)} unreadable image(s): {listed}")
     dataset.records = [r for r, e in zip(dataset.records, errors) if not e]
-    dataset.problems.skipped_files += [os.path.basename(r.image_path) for r, _ in bad]
-    dataset.problems.skip_reasons += [e for _, e in bad]
+    for r, e in bad:
+        dataset.problems.skip(os.path.basename(r.image_path), e)
     log.warning(
         f"{dataset.name}: skipped {len(bad)} unreadable image(s): "
         + ", ".join(os.path.basename(r.image_path) for r, _ in bad[:5])

@@ -77,7 +77,7 @@ def coco_dataset(
         if cat not in cats:
             if not skip_bad:
                 raise DatasetError(f"{where} has unknown category id {cat!r}")
-            problems.skipped_files.append(f"annotation {a.get('id')}")
+            problems.skip(f"annotation {a.get('id')}", f"{where} has unknown category id {cat!r}")
             continue
         if cat not in label_of:
             problems.unknown_classes[cats[cat]] = problems.unknown_classes.get(cats[cat], 0) + 1
@@ -86,9 +86,10 @@ def coco_dataset(
         try:
             x, y, w, h = (float(v) for v in bbox)
         except (TypeError, ValueError):
+            why = f"{where} has a malformed bbox {bbox!r} (expected [x, y, w, h])"
             if not skip_bad:
-                raise DatasetError(f"{where} has a malformed bbox {bbox!r} (expected [x, y, w, h])") from None
-            problems.skipped_files.append(f"annotation {a.get('id')}")
+                raise DatasetError(why) from None
+            problems.skip(f"annotation {a.get('id')}", why)
             continue
         anns[a.get("image_id")].append(([x, y, x + w, y + h], label_of[cat], bool(a.get("iscrowd", 0))))
 
@@ -98,7 +99,7 @@ def coco_dataset(
         msg = f"{src}: annotations refer to image id(s) {orphans[:5]} missing from 'images'"
         if not skip_bad:
             raise DatasetError(msg)
-        problems.skipped_files.append(f"annotations of {len(orphans)} missing image(s)")
+        problems.skip(f"annotations of {len(orphans)} missing image(s)", msg)
 
     records = []
     for im in data["images"]:
@@ -109,7 +110,7 @@ def coco_dataset(
         if not os.path.isfile(path):
             if not skip_bad:
                 raise DatasetError(f"{src}: image file not found: {path}")
-            problems.skipped_files.append(fn)
+            problems.skip(fn, f"{src}: image file not found: {path}")
             continue
         objs = anns.get(im["id"], [])
         boxes = np.array([o[0] for o in objs], np.float32).reshape(-1, 4)

@@ -24,7 +24,9 @@ made canonical: ``train``, ``val`` and ``test`` (``training``, ``valid``, ``vali
 from __future__ import annotations
 
 import glob
+import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -216,20 +218,41 @@ def _single(folder: str, name: str, root: str) -> Source | None:
     return None
 
 
-def _looks_like_coco(path: str) -> bool:
+def _json_head(path: str, size: int = 1_000_000) -> str:
+    """The first ``size`` characters of a JSON file ("" if unreadable): enough to recognise a COCO
+    file and sample its image names without parsing all of it (COCO's train2017 file is 450 MB)."""
     try:
         with open(path, encoding="utf-8") as f:
-            head = f.read(1_000_000)
-    except OSError:
-        return False
+            return f.read(size)
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _looks_like_coco(path: str) -> bool:
+    head = _json_head(path)
     return '"images"' in head and ('"annotations"' in head or '"categories"' in head)
+
+
+_FILE_NAME = re.compile(r'"file_name"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def _sample_file_names(ann: str, n: int = 20) -> list[str]:
+    """The first ``n`` image ``file_name``s of a COCO file, from its head when they are there
+    (the usual order: images before annotations), else from the whole file."""
+    names = [json.loads(f'"{m}"') for m in _FILE_NAME.findall(_json_head(ann))[:n]]
+    if names:
+        return names
+    try:
+        with open(ann, encoding="utf-8") as f:
+            images = json.load(f).get("images") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [im.get("file_name") for im in images[:n] if im.get("file_name")]
 
 
 def _coco_image_dir(ann: str, fallback: str) -> str:
     """The folder that holds the JSON's ``file_name``s: beside the JSON, ``images/`` beside it,
     or the split folder of the official layout (``instances_train2017.json`` -> ``train2017/``)."""
-    import json
-
     folder = os.path.dirname(os.path.abspath(ann))
     candidates = [folder, os.path.join(folder, "images"), fallback]
     stem = os.path.splitext(os.path.basename(ann))[0]
@@ -242,12 +265,7 @@ def _coco_image_dir(ann: str, fallback: str) -> str:
             os.path.join(parent, "images"),
             parent,
         ] + candidates
-    try:
-        with open(ann, encoding="utf-8") as f:
-            images = json.load(f).get("images") or []
-    except (OSError, ValueError):
-        return candidates[0]
-    sample = [im.get("file_name") for im in images[:20] if im.get("file_name")]
+    sample = _sample_file_names(ann)
     best, hits = candidates[0], -1
     for c in candidates:
         try:

@@ -30,6 +30,11 @@ class BoxStats:
     def size_quantile(self, q: float) -> float:
         return float(np.quantile(self.size, q)) if len(self.size) else 0.0
 
+    def relative_wh(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(B,)`` relative widths and heights of the boxes (``size * sqrt(aspect)``, ``size / sqrt(aspect)``)."""
+        root = np.sqrt(self.aspect)
+        return self.size * root, self.size / np.maximum(root, 1e-9)
+
     def fraction_elongated(self, limit: float = 2.5) -> float:
         """Fraction of boxes whose aspect (or its inverse) is above ``limit``."""
         if not len(self.aspect):

@@ -86,8 +86,7 @@ def csv_dataset(
         if not os.path.isfile(img):
             if not skip_bad:
                 raise DatasetError(f"{path}: image file not found: {img}")
-            problems.skipped_files.append(fn)
-            problems.skip_reasons.append(f"{path}: image file not found: {img}")
+            problems.skip(fn, f"{path}: image file not found: {img}")
             continue
         boxes, labels = [], []
         for cls, box in objects:

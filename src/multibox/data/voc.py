@@ -98,8 +98,7 @@ def _build(
         except DatasetError as e:
             if not skip_bad:
                 raise
-            problems.skipped_files.append(os.path.basename(xml_path))
-            problems.skip_reasons.append(str(e))
+            problems.skip(os.path.basename(xml_path), str(e))
             continue
         parsed.append((xml_path, img_path, objects))
     if class_names is None:

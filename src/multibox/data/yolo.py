@@ -116,8 +116,7 @@ def yolo_dataset(
         except (DatasetError, ImageReadError) as e:
             if not skip_bad:
                 raise DatasetError(str(e)) from None
-            problems.skipped_files.append(os.path.basename(path))
-            problems.skip_reasons.append(str(e))
+            problems.skip(os.path.basename(path), str(e))
             continue
         if lab is None:
             no_label += 1

@@ -209,6 +209,7 @@ class Trainer:
         self.bad_steps = 0
         self.skipped = 0
         self.history: list[dict] = []
+        self.budget_deadline: float | None = None  # set by fit_to_time_budget: when training must end
         self.out_dir = cfg.out_dir
         if self.is_main:
             os.makedirs(self.out_dir, exist_ok=True)
@@ -230,8 +231,7 @@ class Trainer:
             if id(problems) in seen:
                 continue
             seen.add(id(problems))
-            reasons = problems.skip_reasons or problems.skipped_files
-            lines += [f"{split}: {r}" for r in reasons]
+            lines += [f"{split}: {r}" for r in problems.skip_reasons]
         path = os.path.join(self.out_dir, "skipped_files.txt")
         if lines:
             with open(path, "w") as f:
@@ -426,7 +426,7 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.ema = saved["ema"]
         self.step, self.bad_steps, self.skipped = 0, 0, 0
-        step_s = step_s / max(timed, 1) if timed else (time.perf_counter() - start)
+        step_s = step_s / timed if timed else (time.perf_counter() - start)
         epoch_s = step_s * self.iters_per_epoch
         remaining = budget - (time.perf_counter() - start)
         # a margin for the hour-to-hour drift of shared machines; fit() also stops at the budget
@@ -460,10 +460,9 @@ class Trainer:
             epoch_start = time.perf_counter()
             stats = self.train_epoch(self.epoch)
             self.epoch += 1
-            deadline = getattr(self, "budget_deadline", None)
-            if deadline is not None and self.epoch < self.epochs:
+            if self.budget_deadline is not None and self.epoch < self.epochs:
                 now = time.perf_counter()
-                if now + (now - epoch_start) > deadline:
+                if now + (now - epoch_start) > self.budget_deadline:
                     log.warning(
                         f"stopping after epoch {self.epoch} of {self.epochs}: another epoch would overrun the "
                         "time budget (the machine runs slower than measured)"

@@ -31,9 +31,7 @@ from ..models import SSD, create_model
 from ..models.weights import read_state_dict
 
 TORCHVISION_SSD300_KWARGS = {
-    "scales": [0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05],
-    "steps": [8 / 300, 16 / 300, 32 / 300, 64 / 300, 100 / 300, 300 / 300],
-    "clip_priors": "size",
+    "priors": "torchvision",  # DefaultBoxGenerator's scales and steps, sizes capped at 1 (core.priors)
     "mean": [0.48235 * 255, 0.45882 * 255, 0.40784 * 255],
     "std": [1.0, 1.0, 1.0],
 }
