@@ -281,6 +281,18 @@ def test_yolo_bad_labels_named_or_skipped_and_counted(tmp_path):
     assert boxes_by_stem(ds)["im01"] == []
 
 
+def test_unreadable_image_header_in_xml_data_named_or_skipped_and_counted(tmp_path):
+    write_images(tmp_path / "flat", ITEMS)
+    write_xml(tmp_path / "flat", ITEMS)
+    (tmp_path / "flat" / "im01.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    layout = detect_layout(str(tmp_path / "flat"))
+    with pytest.raises(ValueError, match=r"im01.jpg: not a readable image"):
+        layout.load("all")
+    ds = layout.load("all", skip_bad=True)
+    assert len(ds) == len(ITEMS) - 1 and ds.problems.skipped_files == ["im01.jpg"]
+    assert "not a readable image" in ds.problems.skip_reasons[0]
+
+
 def test_yolo_orphan_labels_reported(tmp_path):
     root = tmp_path / "rf"
     write_images(root / "train" / "images", TRAIN)

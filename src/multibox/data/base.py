@@ -97,6 +97,7 @@ class DetectionDataset:
         transform: Callable | None = None,
         problems: Problems | None = None,
         category_ids: Sequence[int] | None = None,
+        skip_bad: bool = False,
     ) -> None:
         self.class_names = list(class_names)
         self.category_ids = list(category_ids) if category_ids is not None else list(range(1, len(class_names) + 1))
@@ -105,7 +106,13 @@ class DetectionDataset:
         problems = problems or Problems()
         self.records: list[Record] = []
         for r in records:
-            size = r.size or image_size(r.image_path)
+            try:
+                size = r.size or image_size(r.image_path)
+            except ImageReadError as e:  # a header that cannot be read: named, or skipped and counted
+                if not skip_bad:
+                    raise
+                problems.skip(os.path.basename(r.image_path), str(e))
+                continue
             boxes, keep, n_clip = clean_boxes(r.boxes.reshape(-1, 4), size)
             problems.clipped += n_clip
             if not keep.all():
@@ -117,7 +124,7 @@ class DetectionDataset:
         # An image that passed the header check at build time can still fail to decode
         # (truncated file). With skip_bad, __getitem__ then serves the next readable image
         # and warns, naming the file; otherwise the error (naming the file) propagates.
-        self.skip_bad = False
+        self.skip_bad = skip_bad
         self.unreadable: list[str] = []
         # how VOC AP reads this data's boxes: "devkit" (inclusive pixel indices, as VOC-style
         # XML and CSV annotations are written) or "continuous" (COCO, YOLO); set by the readers

@@ -129,4 +129,4 @@ def coco_dataset(
     if not records:
         raise DatasetError(f"{src}: no images")
     name = os.path.basename(os.path.dirname(os.path.abspath(annotation_file)))
-    return DetectionDataset(records, class_names, name, transform, problems, category_ids=kept)
+    return DetectionDataset(records, class_names, name, transform, problems, category_ids=kept, skip_bad=skip_bad)

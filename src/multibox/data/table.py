@@ -107,6 +107,6 @@ def csv_dataset(
     if not records:
         raise DatasetError(f"{path}: no images")
     name = name or os.path.basename(os.path.dirname(os.path.abspath(path)))
-    ds = DetectionDataset(records, class_names, name, transform, problems)
+    ds = DetectionDataset(records, class_names, name, transform, problems, skip_bad=skip_bad)
     ds.voc_convention = "devkit"  # the VOC-style pixel boxes of tutorial exports
     return ds

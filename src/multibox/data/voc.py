@@ -126,7 +126,7 @@ def _build(
         )
     if not records:
         raise DatasetError(f"{name}: no images")
-    ds = DetectionDataset(records, class_names, name, transform, problems)
+    ds = DetectionDataset(records, class_names, name, transform, problems, skip_bad=skip_bad)
     ds.voc_convention = "devkit"  # VOC coordinates are inclusive pixel indices
     return ds
 

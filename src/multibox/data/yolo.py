@@ -135,7 +135,7 @@ def yolo_dataset(
         )
     if not records:
         raise DatasetError(f"{name}: no images")
-    return DetectionDataset(records, class_names, name, transform, problems)
+    return DetectionDataset(records, class_names, name, transform, problems, skip_bad=skip_bad)
 
 
 def orphan_labels(label_dir: str, images: Sequence[str]) -> list[str]:

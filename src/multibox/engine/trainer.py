@@ -226,12 +226,11 @@ class Trainer:
     def _write_skipped(self) -> None:
         """List every file the datasets skipped (and why) in ``skipped_files.txt`` of the run."""
         lines, seen = [], set()
-        for split, ds in self.datasets.items():
-            problems = ds.problems
-            if id(problems) in seen:
-                continue
-            seen.add(id(problems))
-            lines += [f"{split}: {r}" for r in problems.skip_reasons]
+        for split, ds in self.datasets.items():  # slices of one split (train[10%:], train[:10%]) share its skips
+            for reason in ds.problems.skip_reasons:
+                if reason not in seen:
+                    seen.add(reason)
+                    lines.append(f"{split}: {reason}")
         path = os.path.join(self.out_dir, "skipped_files.txt")
         if lines:
             with open(path, "w") as f:
