@@ -231,7 +231,9 @@ def test_coco_bad_inputs(tmp_path, change, message):
 def test_parse_voc_xml_returns_filename_and_objects(tmp_path):
     p = tmp_path / "a.xml"
     p.write_text(voc_xml("a.jpg", 10, 10, [("cat", [1, 2, 3, 4], True)]))
-    assert parse_voc_xml(str(p)) == ("a.jpg", [("cat", [1.0, 2.0, 3.0, 4.0], True)])
+    assert parse_voc_xml(str(p)) == ("a.jpg", [("cat", [1.0, 2.0, 3.0, 4.0], True)], (10, 10))
+    p.write_text(voc_xml("a.jpg", 0, 0, []))  # a <size> of 0 says nothing
+    assert parse_voc_xml(str(p)) == ("a.jpg", [], None)
 
 
 def test_split_slices_are_disjoint_reproducible_and_cover_the_split(tmp_path):
@@ -255,3 +257,139 @@ def test_split_slices_are_disjoint_reproducible_and_cover_the_split(tmp_path):
     # records keep the split list's order inside a slice
     order = ids(whole)
     assert ids(rest) == [i for i in order if i in set(ids(rest))]
+
+
+# --- annotations that disagree with their images, lists with repeats -----------------------
+
+
+def _one_voc(tmp_path, declared, boxes, actual=(160, 120)):
+    root = make_voc(str(tmp_path / "voc"), n=2)
+    Image.new("RGB", actual).save(tmp_path / "voc" / "JPEGImages" / "img000.jpg")
+    objs = [("red", b, False) for b in boxes]
+    (tmp_path / "voc" / "Annotations" / "img000.xml").write_text(voc_xml("img000.jpg", *declared, objs))
+    return root
+
+
+def test_voc_size_of_a_resized_image_rescales_its_boxes(tmp_path):
+    """The image was shrunk 4x after labelling: <size> says 640x480, the file is 160x120."""
+    root = _one_voc(tmp_path, (640, 480), [[50, 50, 400, 300], [600, 20, 640, 460]])
+    with logs_warning(r"rescaled the boxes of 1 image\(s\).*img000.jpg"):
+        ds = voc_dataset(root, "train")
+    assert ds.records[0].boxes.tolist() == [[12.5, 12.5, 100, 75], [150, 5, 160, 115]]
+    assert ds.problems.rescaled == ["img000.jpg"] and ds.problems.clipped == 0
+
+
+def test_voc_wrong_size_with_boxes_inside_the_image_is_ignored(tmp_path):
+    root = _one_voc(tmp_path, (999, 20), [[10, 10, 150, 110]])
+    with logs_warning(r"ignored a wrong image size in the annotation of 1 image\(s\).*img000.jpg"):
+        ds = voc_dataset(root, "train")
+    assert ds.records[0].boxes.tolist() == [[10, 10, 150, 110]] and ds.records[0].size == (120, 160)
+
+
+def test_voc_size_that_fits_nothing_is_named_or_skipped(tmp_path):
+    root = _one_voc(tmp_path, (300, 300), [[10, 10, 290, 290]])  # neither 160x120 nor a scale of it
+    with pytest.raises(
+        DatasetError, match=r"img000.jpg: the annotation says the image is 300x300 but the file is 160x120"
+    ):
+        voc_dataset(root, "train")
+    ds = voc_dataset(root, "train", skip_bad=True)
+    assert len(ds) == 1 and ds.problems.skipped_files == ["img000.jpg"]
+
+
+def test_coco_sizes_are_checked_against_the_image_when_built(tmp_path):
+    images = [
+        {"id": 10, "file_name": "1.jpg", "width": 400, "height": 320},  # the file is 100x80: 4x, rescaled
+        {"id": 20, "file_name": "2.jpg", "width": 100, "height": 80},
+        {"id": 30, "file_name": "3.jpg", "width": 50, "height": 50},  # neither
+    ]
+    annotations = [
+        {"id": 1, "image_id": 10, "category_id": 7, "bbox": [40, 40, 320, 240]},
+        {"id": 2, "image_id": 30, "category_id": 7, "bbox": [10, 10, 95, 75]},
+    ]
+    with pytest.raises(DatasetError, match=r"3.jpg: the annotation says the image is 50x50 but the file is 100x80"):
+        coco_dataset(_coco(tmp_path, images, annotations))
+    ds = coco_dataset(_coco(tmp_path, images, annotations), skip_bad=True)
+    assert [r.image_id for r in ds.records] == [10, 20] and ds.problems.rescaled == ["1.jpg"]
+    assert ds.records[0].boxes.tolist() == [[10, 10, 90, 70]]
+
+
+def test_split_list_with_repeats_and_spaces(tmp_path):
+    root = make_voc(str(tmp_path / "voc"), n=3)
+    ann = tmp_path / "voc" / "Annotations"
+    os.rename(ann / "img001.xml", ann / "my photo 1.xml")
+    lists = tmp_path / "voc" / "ImageSets" / "Main"
+    (lists / "train.txt").write_text("img000\nmy photo 1\nimg002 -1\nimg000\n")
+    with pytest.raises(DatasetError, match=r"train.txt: 'img000' is listed twice \(lines 1 and 4\)"):
+        voc_dataset(root, "train")
+    with logs_warning(r"dropped 1 entr\(ies\) listed twice: img000"):
+        ds = voc_dataset(root, "train", skip_bad=True)
+    assert [os.path.basename(r.image_path) for r in ds.records] == ["img000.jpg", "img001.jpg", "img002.jpg"]
+    (lists / "train.txt").write_text("img000\nimg002\n")
+    (lists / "val.txt").write_text("img000\n")
+    with pytest.raises(DatasetError, match=r"img000.jpg is listed twice"):  # joined splits that share an image
+        voc_dataset(root, "train+val")
+
+
+def test_coco_categories_of_one_name_are_one_class(tmp_path):
+    categories = [{"id": 3, "name": "cat"}, {"id": 7, "name": "cat"}, {"id": 9, "name": "dog"}]
+    annotations = [
+        {"id": 1, "image_id": 10, "category_id": 3, "bbox": [10, 10, 20, 30]},
+        {"id": 2, "image_id": 20, "category_id": 7, "bbox": [10, 10, 20, 30]},
+        {"id": 3, "image_id": 20, "category_id": 9, "bbox": [40, 10, 20, 30]},
+    ]
+    with logs_warning(r"categories 3, 7 are all named 'cat': merged into one class"):
+        ds = coco_dataset(_coco(tmp_path, annotations=annotations, categories=categories))
+    assert ds.class_names == ["cat", "dog"] and ds.category_ids == [3, 9]
+    assert [r.labels.tolist() for r in ds.records] == [[1], [1, 2], []]
+
+
+# --- huge images read reduced --------------------------------------------------------------
+
+
+def _pattern(h, w):
+    """A smooth picture (quadrants of colour with a gradient) that survives reduction."""
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = (x * 255 // w).astype(np.uint8)
+    img[..., 1] = (y * 255 // h).astype(np.uint8)
+    img[: h // 2, : w // 3, 2] = 200
+    return img
+
+
+@pytest.mark.parametrize("mode, ext", [("RGB", "jpg"), ("RGB", "png"), ("L", "png"), ("P", "png"), ("I;16", "png")])
+def test_huge_images_are_read_reduced_to_the_same_picture(tmp_path, mode, ext):
+    import cv2
+
+    full = _pattern(1500, 2400)
+    im = Image.fromarray(full)
+    if mode == "L":
+        im = im.convert("L")
+    elif mode == "P":
+        im = im.convert("P", palette=Image.Palette.ADAPTIVE)
+    elif mode == "I;16":
+        im = Image.fromarray(full[..., 0].astype(np.uint16) * 256)
+    path = tmp_path / f"big.{ext}"
+    im.save(path, quality=95) if ext == "jpg" else im.save(path)
+    whole = read_image(path)
+    small = read_image(path, max_side=600)
+    assert small.shape == (375, 600, 3) and small.dtype == np.uint8
+    ref = cv2.resize(whole, (600, 375), interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(small.astype(int) - ref).mean() < 3.0
+    assert read_image(path, max_side=2400).shape == whole.shape  # not larger than the limit: as it is
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_reduced_reading_keeps_exif_orientation(tmp_path, orientation):
+    full = _pattern(1200, 2000)
+    im = Image.fromarray(full)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "rot.jpg"
+    im.save(path, quality=95, exif=exif.tobytes())
+    whole, small = read_image(path), read_image(path, max_side=500)
+    assert whole.shape[:2] == ((1200, 2000) if orientation == 3 else (2000, 1200))
+    assert small.shape[:2] == tuple(round(s * 500 / max(whole.shape)) for s in whole.shape[:2])
+    import cv2
+
+    ref = cv2.resize(whole, small.shape[1::-1], interpolation=cv2.INTER_AREA).astype(int)
+    assert np.abs(small.astype(int) - ref).mean() < 3.0

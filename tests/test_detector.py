@@ -98,3 +98,19 @@ def test_image_list_tells_one_image_from_many(tmp_path):
     many = image_list(["a.jpg", arr])
     assert len(many) == 2 and many[0] == "a.jpg" and many[1] is arr
     assert image_list(p for p in ("a.jpg", "b.jpg")) == ["a.jpg", "b.jpg"]
+
+
+def test_huge_files_are_read_reduced_and_answered_in_their_own_pixels(detector, tmp_path):
+    from multibox.data.image import read_image
+
+    y, x = np.mgrid[0:2400, 0:3000]
+    arr = np.stack([(x * 255 // 3000), (y * 255 // 2400), np.full_like(x, 90)], -1).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "huge.png")
+    reduced = read_image(tmp_path / "huge.png", max_side=2048)  # what the detector reads (its input is 224)
+    assert reduced.shape == (1638, 2048, 3)
+    from_file, from_array = detector.predict([tmp_path / "huge.png", reduced])
+    assert from_file.image_size == (2400, 3000) and from_array.image_size == (1638, 2048)
+    scale = np.array([3000 / 2048, 2400 / 1638] * 2, np.float32)
+    np.testing.assert_allclose(from_file.boxes, from_array.boxes * scale, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(from_file.scores, from_array.scores)
+    np.testing.assert_allclose(from_array.rescaled((2400, 3000)).boxes, from_file.boxes, rtol=1e-5, atol=1e-3)

@@ -13,11 +13,12 @@ import yaml
 from PIL import Image
 
 from helpers import TINY, make_voc, shapes_image, tiny_config
-from multibox.cli import fresh_out_dir, main, parse_duration
+from multibox.cli import main, parse_duration
 from multibox.data.base import DatasetError, Record, remap_classes, verify_images
 from multibox.data.layout import detect_layout
 from multibox.data.stats import BoxStats, box_stats
 from multibox.engine.recipe import fit_model, fit_recipe, plan_splits, prior_shapes
+from multibox.engine.rundir import fresh_out_dir
 
 
 def stats_of(sizes, aspects):

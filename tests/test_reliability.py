@@ -489,3 +489,32 @@ def test_predict_1000_images_bounded_memory_one_result_each(tmp_path):
     assert len(meta["images"]) == 997
     failed = (out / "failed.txt").read_text().splitlines()
     assert sorted(os.path.basename(line.split("\t")[0]) for line in failed) == [f"im{i:04d}.jpg" for i in sorted(bad)]
+
+
+def test_predict_huge_pngs_stays_under_its_memory_bound(tmp_path):
+    """Two 12000 x 12000 PNGs (a few hundred KB each, 432 MB each once decoded) at batch 2: each
+    is decoded once and reduced before the next is read, so the peak stays near one decoded
+    image above the process's own size (figures in docs/reliability.md)."""
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (12000, 12000), (10 + 40 * i, 200, 30)).save(folder / f"big{i}.png")
+    ckpt = make_checkpoint(tmp_path / "m.pt", image_size=320)
+    script = textwrap.dedent(f"""
+        import sys
+        from multibox.cli import main
+        rc = main(["predict", {ckpt!r}, {str(folder)!r}, "--out", {str(tmp_path / "out")!r}, "--batch-size", "2"])
+        hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+        print("PEAK_RSS_MB", int(hwm) / 1024)
+        sys.exit(rc)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    peak = float(res.stdout.split("PEAK_RSS_MB")[1].split()[0])
+    print(f"peak RSS {peak:.0f} MB")
+    assert peak < 1200  # before reduced reading: 3.2 GB for four such images at batch 4
+    meta = json.loads((tmp_path / "out" / "images.json").read_text())
+    assert [(m["width"], m["height"]) for m in meta["images"]] == [(12000, 12000)] * 2
+    drawn = Image.open(tmp_path / "out" / "images" / "big0.jpg")
+    assert max(drawn.size) <= 2048  # the picture is drawn on the reduced image

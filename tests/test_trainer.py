@@ -281,5 +281,5 @@ def test_atss_matcher_comes_from_the_config(voc_root, tmp_path):
     assert torch.equal(got.object_index, want.object_index) and torch.equal(got.labels, want.labels)
     ssd = MultiBoxLoss(tr.model.priors).match(batch["boxes"], batch["labels"])
     assert not torch.equal(got.labels, ssd.labels)
-    with pytest.raises(ValueError, match="matcher must be 'iou' or 'atss'"):
+    with pytest.raises(ValueError, match="'train.matcher': expected one of atss, iou, got 'nearest'"):
         Trainer(tiny_config(voc_root, tmp_path / "bad", "train.matcher=nearest"), progress=False)

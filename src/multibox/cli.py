@@ -83,6 +83,13 @@ def _train_and_report(cfg, resume: str | None, draw: int | None, report_on_val: 
 
     start = time.time()
     trainer = Trainer(cfg)
+    try:
+        return _fit_and_report(trainer, cfg, resume, draw, report_on_val, start)
+    finally:
+        trainer.close()
+
+
+def _fit_and_report(trainer, cfg, resume: str | None, draw: int | None, report_on_val: bool, start: float) -> int:
     if resume:
         trainer.resume(resume)
         print(f"resumed from {resume} at epoch {trainer.epoch}, step {trainer.step}")
@@ -152,15 +159,6 @@ def parse_duration(text: str) -> float:
     return value
 
 
-def fresh_out_dir(path: str) -> str:
-    """``path``, or ``path2``, ``path3``, ... : the first that holds no run's checkpoint."""
-    candidate, n = path, 1
-    while os.path.exists(os.path.join(candidate, "last.pt")):
-        n += 1
-        candidate = f"{path.rstrip(os.sep)}{n}"
-    return candidate
-
-
 def _recipe_config(args: argparse.Namespace):
     """A config fitted to the dataset at ``--data`` (no preset given)."""
     from .config import with_overrides
@@ -176,6 +174,49 @@ def _recipe_config(args: argparse.Namespace):
     return cfg
 
 
+def _choose_out_dir(cfg, args: argparse.Namespace, resume: str | None) -> None:
+    """Where the run writes. A folder holding another run's checkpoint is never written over
+    unless resuming it (or ``--overwrite``): a folder named with ``--out`` is refused, a default
+    one (the preset's, ``runs/<data>``) gives way to the next free ``runs/<name>2``, ``3``, ..."""
+    from .engine.rundir import RunDirError, fresh_out_dir, holds_run
+
+    if args.out:
+        cfg.out_dir = args.out
+    if resume or not holds_run(cfg.out_dir) or args.overwrite:
+        return
+    if args.out:
+        raise RunDirError(
+            f"{cfg.out_dir} holds another run's checkpoint (last.pt); resume it with --resume, "
+            "choose another --out, or pass --overwrite to replace it"
+        )
+    fresh = fresh_out_dir(cfg.out_dir)
+    print(f"{cfg.out_dir} holds another run: this one writes to {fresh} (resume that one with --resume)")
+    cfg.out_dir = fresh
+
+
+def _resume_path(cfg, args: argparse.Namespace) -> str | None:
+    """The checkpoint ``--resume`` names (``OUT/last.pt`` when given bare); it must exist,
+    unless ``--resume if-present`` asks to resume only when there is one."""
+    if not args.resume:
+        return None
+    out = args.out or cfg.out_dir
+    if args.resume in ("auto", "if-present"):
+        path = os.path.join(out, "last.pt")
+        if not os.path.exists(path):
+            if args.resume == "if-present":
+                return None
+            raise FileNotFoundError(
+                f"nothing to resume: {path} does not exist (start the run without --resume, or use "
+                "--resume if-present to resume only when there is a checkpoint)"
+            )
+        return path
+    if not os.path.isfile(args.resume):
+        raise FileNotFoundError(f"--resume {args.resume}: no such checkpoint")
+    if not args.out:
+        cfg.out_dir = os.path.dirname(os.path.abspath(args.resume))
+    return args.resume
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
 
@@ -189,26 +230,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _apply_data_path(cfg, args.data)
     if args.weights:
         cfg.model.checkpoint = args.weights
-    if args.out:
-        cfg.out_dir = args.out
-    elif fitted and not args.resume:
-        cfg.out_dir = fresh_out_dir(cfg.out_dir)
-    resume = args.resume
-    if resume == "auto":
-        resume = os.path.join(cfg.out_dir, "last.pt")
-        if not os.path.exists(resume):
-            resume = None
+    resume = _resume_path(cfg, args)
+    _choose_out_dir(cfg, args, resume)
     return _train_and_report(cfg, resume, draw=args.draw, report_on_val=fitted)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .config import load_config
     from .data.build import resolve_root
+    from .engine.rundir import fresh_out_dir
 
     cfg = load_config("demo_bccd", args.overrides)
     _apply_data_path(cfg, args.data)
-    if args.out:
-        cfg.out_dir = args.out
+    cfg.out_dir = args.out or fresh_out_dir(cfg.out_dir)  # an earlier demo's results stay
     try:
         resolve_root(cfg.data.root)
     except FileNotFoundError:
@@ -255,14 +289,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"\n{split}: {stats.table()}")
         p = ds.problems
         problems += [f"{split}: skipped: {r}" for r in p.skip_reasons]
-        if p.degenerate:
-            problems.append(
-                f"{split}: {len(p.degenerate)} degenerate box(es) dropped: {', '.join(sorted(set(p.degenerate))[:10])}"
-            )
-        if p.clipped:
-            problems.append(f"{split}: {p.clipped} box(es) clipped to their image")
-        if p.unknown_classes:
-            problems.append(f"{split}: objects of classes not in the training split: {p.unknown_classes}")
+        problems += [f"{split}: {line}" for line in p.lines() if not line.startswith("skipped ")]
         if names is None:
             names = ds.class_names
             kwargs, _, reasons = fit_model(stats)
@@ -283,7 +310,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
     from .inference.checkpoint import load_checkpoint, model_from_checkpoint
 
     ckpt = load_checkpoint(args.checkpoint)
-    model, names = model_from_checkpoint(ckpt)
+    model, names = model_from_checkpoint(ckpt, args.checkpoint)
     cfg = config_from_dict(ckpt.get("config", {}))
     if args.data and not os.path.isdir(os.path.join(args.data, os.path.basename(os.path.normpath(cfg.data.root)))):
         dataset, split = _dataset_for_checkpoint(args.data, args.split, names)
@@ -298,7 +325,9 @@ def _cmd_val(args: argparse.Namespace) -> int:
         setattr(model.postprocess_config, name, value)
     if args.voc_convention:
         dataset.voc_convention = args.voc_convention
-    report = _score_and_report(model, dataset, out, device=args.device, draw=args.draw)
+    from .inference.device import resolve_device
+
+    report = _score_and_report(model, dataset, out, device=resolve_device(args.device), draw=args.draw)
     print(report.table())
     print(f"wrote metrics.json, metrics.txt, pr_curves/, errors.png and predictions/ to {out}")
     return 0
@@ -417,6 +446,39 @@ def _add_test_time_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="multibox", description="Single Shot MultiBox Detector toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -433,8 +495,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time", default="10m", help="training time for --data without -c (default 10m)")
     p.add_argument("--weights", help="start from this checkpoint's weights (fine-tuning; any class list)")
     p.add_argument("--out", help="output folder (overrides out_dir)")
-    p.add_argument("--resume", nargs="?", const="auto", help="resume from a checkpoint (default: OUT/last.pt)")
-    p.add_argument("--draw", type=int, default=24, help="test images to draw predictions on")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        help="resume from a checkpoint (default: OUT/last.pt, which must exist; 'if-present': only when it does)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out instead of refusing")
+    p.add_argument("--draw", type=_count, default=24, help="test images to draw predictions on")
     p.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. train.lr=0.01")
     p.set_defaults(func=_cmd_train)
 
@@ -449,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (default: the one it was trained on)")
     p.add_argument("--out", help="output folder (default: beside the checkpoint)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--draw", type=int, default=24)
+    p.add_argument("--draw", type=_count, default=24)
     _add_test_time_flags(p)
     p.set_defaults(func=_cmd_val)
 
@@ -463,10 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a checkpoint (.pt) or an exported .onnx file")
     p.add_argument("sources", nargs="+", help="image files, folders, glob patterns or video files")
     p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
-    p.add_argument("--conf", type=float, default=0.25, help="minimum score (default 0.25)")
-    p.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default: the model's, 0.45)")
-    p.add_argument("--max-det", type=int, default=None, help="detections per image (default: the model's, 200)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--conf", type=_fraction, default=0.25, help="minimum score, 0-1 (default 0.25)")
+    p.add_argument("--iou", type=_fraction, default=None, help="NMS IoU threshold, 0-1 (default: the model's, 0.45)")
+    p.add_argument(
+        "--max-det", type=_positive_int, default=None, help="detections per image (default: the model's, 200)"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-draw", action="store_true", help="do not write pictures")
     p.add_argument("--no-txt", action="store_true", help="do not write per-image text files")
@@ -484,9 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predict", action="store_true", help="draw the checkpoint's predictions beside ground truth")
     p.add_argument("--split", help="split name (default: the training split)")
     p.add_argument("--augment", action="store_true", help="show images after the training augmentation")
-    p.add_argument("--num", "-n", type=int, default=12, help="images in the grid (default 12)")
+    p.add_argument("--num", "-n", type=_positive_int, default=12, help="images in the grid (default 12)")
     p.add_argument("--seed", type=int, default=0, help="which random images / augmentations")
-    p.add_argument("--conf", type=float, default=0.3)
+    p.add_argument("--conf", type=_fraction, default=0.3)
     p.add_argument("--data", help="dataset folder (overrides data.root)")
     p.add_argument("--out", default="show.jpg")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
@@ -501,7 +571,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx: the whole detector; torch-export: the network as a .pt2 program",
     )
     p.add_argument("--out", help="output file (default: beside the checkpoint)")
-    p.add_argument("--max-det", type=int, default=None, help="detections per image in the graph (default 200)")
+    p.add_argument(
+        "--max-det", type=_positive_int, default=None, help="detections per image in the graph (default 200)"
+    )
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("import-torchvision", help="convert torchvision ssd300_vgg16 COCO weights to a checkpoint")
@@ -510,7 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_import_torchvision)
 
     p = sub.add_parser("models", help="list the model zoo")
-    p.add_argument("--num-classes", type=int, default=20, help="object classes (default 20, as Pascal VOC)")
+    p.add_argument("--num-classes", type=_positive_int, default=20, help="object classes (default 20, as Pascal VOC)")
     p.set_defaults(func=_cmd_models)
     p = sub.add_parser("presets", help="list the config presets")
     p.set_defaults(func=_cmd_presets)
@@ -542,6 +614,32 @@ def show_logs(level: int = logging.INFO) -> None:
     logger.setLevel(level)
 
 
+def user_error(e: BaseException) -> str | None:
+    """The one-line message for a failure the user caused (bad config, data, checkpoint,
+    device, arguments, an unwritable or full disk, too little memory), else None (a bug:
+    its traceback is shown)."""
+    import errno
+
+    import torch
+
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and e.errno is not None:
+        where = e.filename or "output"
+        hints = {
+            errno.ENOSPC: "no space left on the device; free some or choose another --out",
+            errno.EDQUOT: "disk quota exceeded; free some space or choose another --out",
+            errno.EROFS: "the file system is read-only; choose another --out",
+            errno.EACCES: "permission denied; choose a folder you can write to (--out)",
+            errno.EPERM: "operation not permitted; choose a folder you can write to (--out)",
+        }
+        return f"{where}: {hints.get(e.errno, e.strerror)}"
+    if isinstance(e, (ValueError, FileNotFoundError)):
+        return str(e)
+    if isinstance(e, (torch.OutOfMemoryError, MemoryError)):
+        detail = str(e).splitlines()[0] if str(e) else "MemoryError"
+        return f"out of memory ({detail}); lower train.batch_size or the image size"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.simplefilter("default")
@@ -549,8 +647,14 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # large tensors reuse freed memory instead of fresh pages (see multibox.memory)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"multibox {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"multibox {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        message = user_error(e)
+        if message is None or os.environ.get("MULTIBOX_DEBUG"):
+            raise
+        print(f"multibox {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,31 +89,157 @@ class Config:
         return dataclasses.asdict(self)
 
 
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range; the message names the key and the value."""
+
+
+# Ranges and choices of the fields that have them: (low, high, low inclusive, high inclusive) or a set.
+_INF = float("inf")
+CHECKS: dict[str, tuple | frozenset] = {
+    "model.freeze": (0, _INF, True, True),
+    "model.freeze_depthwise": (0, _INF, True, True),
+    "data.format": frozenset({"auto", "voc", "xml", "folder", "coco", "yolo", "csv"}),
+    "data.workers": (0, _INF, True, True),
+    "data.coco_min_annotations": (0, _INF, True, True),
+    "data.augment.expand_prob": (0, 1, True, True),
+    "data.augment.max_expand": (1, _INF, True, True),
+    "data.augment.crop_trials": (1, _INF, True, True),
+    "data.augment.min_crop_scale": (0, 1, False, True),
+    "data.augment.flip_prob": (0, 1, True, True),
+    "data.augment.vflip_prob": (0, 1, True, True),
+    "data.augment.brightness": (0, 255, True, True),
+    "data.augment.hue": (0, 180, True, True),
+    "data.augment.channel_swap_prob": (0, 1, True, True),
+    "train.epochs": (1, _INF, True, True),
+    "train.iterations": (1, _INF, True, True),
+    "train.batch_size": (1, _INF, True, True),
+    "train.lr": (0, _INF, False, True),
+    "train.momentum": (0, 1, True, False),
+    "train.weight_decay": (0, _INF, True, True),
+    "train.warmup_iters": (0, _INF, True, True),
+    "train.schedule": frozenset({"cosine", "multistep"}),
+    "train.gamma": (0, 1, False, True),
+    "train.clip_grad": (0, _INF, False, True),
+    "train.match_iou": (0, 1, False, True),
+    "train.matcher": frozenset({"iou", "atss"}),
+    "train.atss_top_k": (1, _INF, True, True),
+    "train.neg_pos_ratio": (0, _INF, False, True),
+    "train.loc_weight": (0, _INF, True, True),
+    "train.ema_decay": (0, 1, True, False),
+    "train.amp": frozenset({"auto", "bf16", "fp16", "off"}),
+    "train.eval_every": (0, _INF, True, True),
+    "train.max_bad_steps": (1, _INF, True, True),
+    "train.threads": (1, _INF, True, True),
+    "train.time_budget": (0, _INF, False, True),
+}
+
+
+def _type_name(hint) -> str:
+    return {
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        str: "a string",
+        list: "a list",
+        dict: "a mapping",
+        tuple: "a list",
+    }.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _coerce(value, hint, key: str):
+    """``value`` as the declared type ``hint`` (exponent numbers such as ``1e-3`` read as strings
+    by YAML become floats; integral floats become ints); a :class:`ConfigError` otherwise."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"config key {key!r}: expected {_type_name(options[0])}, got null")
+    for t in options:
+        if t is type(None):
+            continue
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and not isinstance(value, bool):
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+                return int(value)
+        if t is float and not isinstance(value, bool):
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return float(value)
+                except ValueError:
+                    pass
+        if t is str:
+            if isinstance(value, str):
+                return value
+            if isinstance(value, bool):  # YAML 1.1 reads off/on/no/yes as booleans
+                return "on" if value else "off"
+            if isinstance(value, (int, float)):
+                return str(value)
+        if t in (list, tuple) and isinstance(value, (list, tuple)):
+            return t(value)
+        if t is dict and isinstance(value, dict):
+            return value
+    wanted = " or ".join(_type_name(t) for t in options if t is not type(None))
+    raise ConfigError(f"config key {key!r}: expected {wanted}, got {value!r}")
+
+
+def _check_range(key: str, value) -> None:
+    rule = CHECKS.get(key)
+    if rule is None or value is None:
+        return
+    if isinstance(rule, frozenset):
+        if value not in rule:
+            raise ConfigError(f"config key {key!r}: expected one of {', '.join(sorted(rule))}, got {value!r}")
+        return
+    lo, hi, lo_in, hi_in = rule
+    ok = (value >= lo if lo_in else value > lo) and (value <= hi if hi_in else value < hi)
+    if not ok:
+        left, right = "[" if lo_in else "(", "]" if hi_in else ")"
+        span = f"{left}{lo:g}, {hi:g}{right}" if hi != _INF else f"{'>=' if lo_in else '>'} {lo:g}"
+        raise ConfigError(f"config key {key!r}: expected a value {'in ' if hi != _INF else ''}{span}, got {value!r}")
+
+
 def _build(cls, values: dict, where: str):
-    """Dataclass from a dict, recursively, rejecting unknown keys with their dotted path."""
+    """Dataclass from a dict, recursively: unknown keys, wrong types and out-of-range values are
+    a :class:`ConfigError` naming the dotted key, what was expected and the value given."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
-        raise ValueError(f"{where or 'config'}: expected a mapping, got {values!r}")
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in values.items():
         if k not in fields:
-            raise ValueError(f"unknown config key {where + k!r}; valid keys: {', '.join(fields)}")
-        ftype = fields[k].type
-        sub = {
-            "ModelConfig": ModelConfig,
-            "DataConfig": DataConfig,
-            "TrainConfig": TrainConfig,
-            "AugmentConfig": AugmentConfig,
-        }.get(ftype if isinstance(ftype, str) else getattr(ftype, "__name__", ""))
-        if ftype in ("str", str) and isinstance(v, bool):  # YAML 1.1 reads off/on/no/yes as booleans
-            v = "on" if v else "off"
-        kwargs[k] = _build(sub, v, f"{where}{k}.") if sub is not None else v
+            raise ConfigError(f"unknown config key {where + k!r}; valid keys: {', '.join(fields)}")
+        hint = hints[k]
+        sub = hint if dataclasses.is_dataclass(hint) else None
+        if sub is not None:
+            kwargs[k] = _build(sub, v, f"{where}{k}.")
+        else:
+            kwargs[k] = _coerce(v, hint, where + k)
+            _check_range(where + k, kwargs[k])
     obj = cls(**kwargs)
     if cls is AugmentConfig:
         obj.min_ious = tuple(obj.min_ious)
         obj.contrast, obj.saturation = tuple(obj.contrast), tuple(obj.saturation)
+        for name in ("contrast", "saturation"):
+            pair = getattr(obj, name)
+            if len(pair) != 2 or not all(isinstance(x, (int, float)) and x >= 0 for x in pair) or pair[0] > pair[1]:
+                raise ConfigError(
+                    f"config key {where + name!r}: expected [low, high] with 0 <= low <= high, got {list(pair)}"
+                )
+    if cls is TrainConfig and not all(isinstance(m, (int, float)) and m > 0 for m in obj.milestones):
+        raise ConfigError(
+            f"config key {where + 'milestones'!r}: expected fractions of training (0-1) or step counts, "
+            f"got {obj.milestones}"
+        )
     return obj
 
 
@@ -119,8 +248,20 @@ def _set_dotted(d: dict, key: str, value: Any) -> None:
     for p in parts[:-1]:
         d = d.setdefault(p, {})
         if not isinstance(d, dict):
-            raise ValueError(f"cannot override {key!r}: {p!r} is not a section")
+            raise ConfigError(f"cannot override {key!r}: {p!r} is not a section")
     d[parts[-1]] = value
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    """``"key=value"`` -> ``(key, value parsed as YAML)``."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. train.lr=0.01)")
+    key, raw = item.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        reason = str(e).splitlines()[0]
+        raise ConfigError(f"override {item!r}: the value is not valid YAML ({reason})") from None
 
 
 def list_presets() -> list[str]:
@@ -138,12 +279,9 @@ def load_config(preset: str | None = None, overrides: list[str] | None = None) -
             try:
                 values = yaml.safe_load(f) or {}
             except yaml.YAMLError as e:
-                raise ValueError(f"{path}: invalid YAML ({e})") from None
+                raise ConfigError(f"{path}: invalid YAML ({e})") from None
     for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=0.01)")
-        key, raw = item.split("=", 1)
-        _set_dotted(values, key.strip(), yaml.safe_load(raw))
+        _set_dotted(values, *_parse_override(item))
     return config_from_dict(values)
 
 
@@ -151,10 +289,7 @@ def with_overrides(cfg: Config, overrides: list[str]) -> Config:
     """A copy of ``cfg`` with ``key=value`` overrides applied (values parsed as YAML)."""
     values = _plain(cfg.to_dict())
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. train.lr=0.01)")
-        key, raw = item.split("=", 1)
-        _set_dotted(values, key.strip(), yaml.safe_load(raw))
+        _set_dotted(values, *_parse_override(item))
     return config_from_dict(values)
 
 

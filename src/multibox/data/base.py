@@ -26,6 +26,10 @@ class DatasetError(ValueError):
     """Malformed dataset input; the message names the file and the problem."""
 
 
+class DuplicateEntry(DatasetError):
+    """One image listed twice in a split (a list file, a JSON, or splits joined together)."""
+
+
 @dataclass
 class Record:
     image_path: str
@@ -33,8 +37,9 @@ class Record:
     boxes: np.ndarray  # (K, 4) float32 xyxy pixels
     labels: np.ndarray  # (K,) int64 in 1..C
     difficult: np.ndarray  # (K,) bool
-    size: tuple[int, int] | None = None  # (height, width) of the upright image
+    size: tuple[int, int] | None = None  # (height, width) of the upright image, read from the image file
     extra: dict = field(default_factory=dict)
+    declared: tuple[int, int] | None = None  # (height, width) an annotation states (VOC <size>, COCO width/height)
 
 
 @dataclass
@@ -43,6 +48,10 @@ class Problems:
 
     degenerate: list[str] = field(default_factory=list)
     clipped: int = 0
+    clipped_files: list[str] = field(default_factory=list)
+    rescaled: list[str] = field(default_factory=list)  # boxes rescaled: the annotation's size was another scale
+    size_ignored: list[str] = field(default_factory=list)  # a wrong annotation size, boxes within the image
+    duplicates: list[str] = field(default_factory=list)  # entries listed twice, dropped
     skipped_files: list[str] = field(default_factory=list)
     skip_reasons: list[str] = field(default_factory=list)  # the error of each skipped file, for the run folder
     unknown_classes: dict = field(default_factory=dict)
@@ -52,23 +61,70 @@ class Problems:
         self.skipped_files.append(name)
         self.skip_reasons.append(reason)
 
-    def warn(self, name: str) -> None:
+    def lines(self) -> list[str]:
+        """One line per kind of change made to the data while reading it, with counts and files."""
+
         def few(items: list[str]) -> str:
+            items = sorted(set(items))
             return ", ".join(items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
 
+        out = []
         if self.degenerate:
-            files = sorted(set(self.degenerate))
-            log.warning(
-                f"{name}: dropped {len(self.degenerate)} degenerate box(es) (zero area or x2 <= x1) "
-                f"in {len(files)} file(s): {few(files)}"
+            out.append(
+                f"dropped {len(self.degenerate)} degenerate box(es) (zero area or x2 <= x1) "
+                f"in {len(set(self.degenerate))} file(s): {few(self.degenerate)}"
             )
+        if self.clipped:
+            out.append(
+                f"clipped {self.clipped} box(es) reaching outside their image to its edges, in "
+                f"{len(set(self.clipped_files))} file(s): {few(self.clipped_files)}"
+            )
+        if self.rescaled:
+            out.append(
+                f"rescaled the boxes of {len(self.rescaled)} image(s) whose annotation gives another size of "
+                f"the same picture (resized after labelling): {few(self.rescaled)}"
+            )
+        if self.size_ignored:
+            out.append(
+                f"ignored a wrong image size in the annotation of {len(self.size_ignored)} image(s) (their "
+                f"boxes fit the real image, which was used): {few(self.size_ignored)}"
+            )
+        if self.duplicates:
+            out.append(f"dropped {len(self.duplicates)} entr(ies) listed twice: {few(self.duplicates)}")
         if self.skipped_files:
-            log.warning(
-                f"{name}: skipped {len(self.skipped_files)} unreadable or malformed file(s): {few(self.skipped_files)}"
-            )
+            out.append(f"skipped {len(self.skipped_files)} unreadable or malformed file(s): {few(self.skipped_files)}")
         if self.unknown_classes:
             desc = ", ".join(f"{k!r} x{v}" for k, v in sorted(self.unknown_classes.items()))
-            log.warning(f"{name}: ignored objects of classes not in the class list: {desc}")
+            out.append(f"ignored objects of classes not in the class list: {desc}")
+        return out
+
+    def warn(self, name: str) -> None:
+        for line in self.lines():
+            log.warning(f"{name}: {line}")
+
+
+def reconcile_size(
+    boxes: np.ndarray, declared: tuple[int, int], actual: tuple[int, int], tolerance: float = 1.0
+) -> tuple[str, np.ndarray]:
+    """An annotation's stated image size against the image file's, ``(h, w)`` each:
+    ``("same", boxes)``; ``("ignored", boxes)`` when the boxes fit the real image (the stated
+    size is just wrong); ``("rescaled", boxes scaled to the real image)`` when the stated size is
+    the same picture at another scale and the boxes fit it (resized after labelling); else
+    ``("conflict", boxes)``."""
+    (dh, dw), (ah, aw) = declared, actual
+    if (dh, dw) == (ah, aw):
+        return "same", boxes
+
+    def fits(h: float, w: float) -> bool:
+        return not len(boxes) or bool((boxes[:, 2] <= w + tolerance).all() and (boxes[:, 3] <= h + tolerance).all())
+
+    if fits(ah, aw):
+        return "ignored", boxes
+    if dh > 0 and dw > 0:
+        sx, sy = aw / dw, ah / dh
+        if abs(sx - sy) <= 0.01 * max(sx, sy) and fits(dh, dw):
+            return "rescaled", (boxes * np.array([sx, sy, sx, sy], np.float32)).astype(np.float32)
+    return "conflict", boxes
 
 
 def clean_boxes(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -105,16 +161,45 @@ class DetectionDataset:
         self.transform = transform
         problems = problems or Problems()
         self.records: list[Record] = []
+        seen: dict = {}  # image id -> path
         for r in records:
+            base = os.path.basename(r.image_path)
             try:
                 size = r.size or image_size(r.image_path)
-            except ImageReadError as e:  # a header that cannot be read: named, or skipped and counted
+                r.boxes = r.boxes.reshape(-1, 4)
+                if r.declared is not None:
+                    verdict, r.boxes = reconcile_size(r.boxes, tuple(r.declared), tuple(size))
+                    if verdict == "conflict":
+                        (dh, dw), (h, w) = r.declared, size
+                        raise DatasetError(
+                            f"{r.image_path}: the annotation says the image is {dw}x{dh} but the file is {w}x{h}, "
+                            "and its boxes fit neither as they are nor rescaled"
+                        )
+                    if verdict == "ignored":
+                        problems.size_ignored.append(base)
+                    elif verdict == "rescaled":
+                        problems.rescaled.append(base)
+                    r.declared = None  # reconciled once (a dataset built again from these records keeps it)
+                key = (type(r.image_id).__name__, r.image_id)
+                if key in seen:
+                    if seen[key] != r.image_path:  # two files of one name (a.jpg, a.png): ids kept apart
+                        r.image_id = f"{r.image_id}{os.path.splitext(r.image_path)[1]}"
+                        key = (type(r.image_id).__name__, r.image_id)
+                    if key in seen:
+                        raise DuplicateEntry(f"{name}: image {r.image_path} is listed twice")
+                seen[key] = r.image_path
+            except (ImageReadError, DatasetError) as e:  # named, or skipped and counted
                 if not skip_bad:
                     raise
-                problems.skip(os.path.basename(r.image_path), str(e))
+                if isinstance(e, DuplicateEntry):
+                    problems.duplicates.append(base)
+                else:
+                    problems.skip(base, str(e))
                 continue
-            boxes, keep, n_clip = clean_boxes(r.boxes.reshape(-1, 4), size)
+            boxes, keep, n_clip = clean_boxes(r.boxes, size)
             problems.clipped += n_clip
+            if n_clip:
+                problems.clipped_files.append(base)
             if not keep.all():
                 problems.degenerate += [os.path.basename(r.image_path)] * int((~keep).sum())
             r.boxes, r.labels, r.difficult, r.size = boxes[keep], r.labels[keep], r.difficult[keep], size

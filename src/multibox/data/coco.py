@@ -12,6 +12,7 @@ without annotations are kept as negatives. ``iscrowd`` objects are kept as
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -20,6 +21,8 @@ import numpy as np
 
 from .base import DatasetError, DetectionDataset, Problems, Record
 from .voc import safe_join
+
+log = logging.getLogger(__name__)
 
 
 def coco_dataset(
@@ -58,17 +61,24 @@ def coco_dataset(
     cats = {c["id"]: c.get("name", str(c["id"])) for c in data["categories"]}
     per_cat = Counter(a.get("category_id") for a in data["annotations"])
 
+    same_name = defaultdict(list)  # a name given to several category ids is one class
+    for c in sorted(cats):
+        same_name[cats[c]].append(c)
+    for n, ids in same_name.items():
+        if len(ids) > 1:
+            log.warning(
+                f"{src}: categories {', '.join(map(str, ids))} are all named {n!r}: merged into one class "
+                f"(its results carry category id {ids[0]})"
+            )
     if class_names is None:
-        kept = sorted(c for c in cats if keep_empty_categories or per_cat.get(c, 0) >= max(1, min_annotations))
-        class_names = [cats[c] for c in kept]
-        label_of = {c: i + 1 for i, c in enumerate(kept)}
+        kept_ids = sorted(c for c in cats if keep_empty_categories or per_cat.get(c, 0) >= max(1, min_annotations))
+        class_names = list(dict.fromkeys(cats[c] for c in kept_ids))
     else:
-        by_name = {n: c for c, n in cats.items()}
-        missing = [n for n in class_names if n not in by_name]
+        missing = [n for n in class_names if n not in same_name]
         if missing:
             raise DatasetError(f"{src}: class names {missing} are not categories of the file")
-        kept = [by_name[n] for n in class_names]
-        label_of = {c: i + 1 for i, c in enumerate(kept)}
+    label_of = {c: i + 1 for i, n in enumerate(class_names) for c in same_name[n]}
+    kept = [same_name[n][0] for n in class_names]  # the category id of each class, for results
 
     anns = defaultdict(list)
     for a in data["annotations"]:
@@ -115,7 +125,10 @@ def coco_dataset(
         objs = anns.get(im["id"], [])
         boxes = np.array([o[0] for o in objs], np.float32).reshape(-1, 4)
         h, w = im.get("height"), im.get("width")
-        size = (int(h), int(w)) if h and w else None
+        try:
+            declared = (int(h), int(w)) if h and w else None
+        except (TypeError, ValueError):
+            declared = None
         records.append(
             Record(
                 path,
@@ -123,7 +136,7 @@ def coco_dataset(
                 boxes,
                 np.array([o[1] for o in objs], np.int64),
                 np.array([o[2] for o in objs], bool),
-                size,
+                declared=declared,  # checked against the image file's header when the dataset is built
             )
         )
     if not records:

@@ -9,6 +9,7 @@ the shuffled order is split round-robin across ranks).
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -16,6 +17,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .base import DetectionDataset
 from .transforms import collate
+
+log = logging.getLogger(__name__)
 
 
 class EpochShuffleSampler(Sampler):
@@ -72,6 +75,30 @@ class _EpochDataset(Dataset):
         return t(sample, index)
 
 
+class NoSingleBatches(Sampler):
+    """Batches of ``batch_size`` from ``sampler``, except that a last batch of one image joins
+    the batch before it (BatchNorm cannot train on one value per channel, which a batch of
+    one gives on the 1x1 maps); a single image makes a batch of two copies of itself."""
+
+    def __init__(self, sampler: Sampler, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return max(1, n // self.batch_size) if n % self.batch_size == 1 else math.ceil(n / self.batch_size)
+
+    def __iter__(self):
+        keys = list(self.sampler)
+        batches = [keys[i : i + self.batch_size] for i in range(0, len(keys), self.batch_size)]
+        if batches and len(batches[-1]) == 1:
+            single = batches.pop()
+            if batches:
+                batches[-1] += single
+            else:
+                batches.append(single * 2)
+        yield from batches
+
+
 def make_loader(
     dataset: DetectionDataset,
     batch_size: int,
@@ -81,15 +108,25 @@ def make_loader(
     rank: int = 0,
     world_size: int = 1,
 ) -> DataLoader:
-    """A loader of collated batches; ``loader.sampler.set_epoch(e)`` before each training epoch."""
+    """A loader of collated batches; ``loader.batch_sampler.sampler.set_epoch(e)`` before each
+    training epoch."""
     sampler = EpochShuffleSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+    per_rank = len(sampler)
+    batching: dict = {"batch_size": batch_size, "sampler": sampler, "drop_last": False}
+    if train and per_rank >= 2 * batch_size:
+        batching["drop_last"] = True  # the shuffled remainder waits for a later epoch
+    elif train and per_rank % batch_size == 1:
+        batching = {"batch_sampler": NoSingleBatches(sampler, batch_size)}
+        log.info(
+            f"{dataset.name}: {per_rank} image(s) at batch {batch_size} would leave a batch of one, which "
+            "BatchNorm cannot train on: "
+            + ("it joins the batch before it" if per_rank > 1 else "the image is batched with a copy of itself")
+        )
     return DataLoader(
         _EpochDataset(dataset),
-        batch_size=batch_size,
-        sampler=sampler,
+        **batching,
         num_workers=workers,
         collate_fn=collate,
-        drop_last=train and len(dataset) // world_size >= 2 * batch_size,
         persistent_workers=workers > 0,
         pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if workers > 0 else None,

@@ -35,8 +35,11 @@ def safe_join(root: str, name: str, what: str, source: str) -> str:
     return os.path.join(root, *[p for p in parts if p not in ("", ".")])
 
 
-def parse_voc_xml(path: str) -> tuple[str | None, list[tuple[str, list[float], bool]]]:
-    """Read one VOC XML: ``(filename or None, [(class name, [x1, y1, x2, y2], difficult), ...])``."""
+def parse_voc_xml(
+    path: str,
+) -> tuple[str | None, list[tuple[str, list[float], bool]], tuple[int, int] | None]:
+    """Read one VOC XML: ``(filename or None, [(class name, [x1, y1, x2, y2], difficult), ...],
+    (height, width) from <size> or None)``; a ``<size>`` missing, zero or unreadable is None."""
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:
@@ -65,7 +68,13 @@ def parse_voc_xml(path: str) -> tuple[str | None, list[tuple[str, list[float], b
             raise DatasetError(f"{path}: object {i} ({name}) has a non-finite coordinate {coords}")
         difficult = (obj.findtext("difficult") or "0").strip() in ("1", "true", "True")
         objects.append((name, coords, difficult))
-    return (fn.strip() if fn else None), objects
+    size = None
+    try:
+        h, w = int(float(root.findtext("size/height") or 0)), int(float(root.findtext("size/width") or 0))
+        size = (h, w) if h > 0 and w > 0 else None
+    except ValueError:
+        pass
+    return (fn.strip() if fn else None), objects, size
 
 
 def _parse(xml_path: str):
@@ -82,17 +91,18 @@ def _build(
     name: str,
     skip_bad: bool,
     transform,
+    problems: Problems | None = None,
 ) -> DetectionDataset:
     """``entries`` are ``(xml path, image path, parsed)``; ``parsed`` is what :func:`_parse`
     returned, or None to parse here."""
-    problems = Problems()
+    problems = problems or Problems()
     parsed = []
     for xml_path, img_path, result in entries:
         try:
             result = _parse(xml_path) if result is None else result
             if isinstance(result, DatasetError):
                 raise result
-            _, objects = result
+            _, objects, declared = result
             if not os.path.isfile(img_path):
                 raise DatasetError(f"{xml_path}: image file not found: {img_path}")
         except DatasetError as e:
@@ -100,14 +110,14 @@ def _build(
                 raise
             problems.skip(os.path.basename(xml_path), str(e))
             continue
-        parsed.append((xml_path, img_path, objects))
+        parsed.append((xml_path, img_path, objects, declared))
     if class_names is None:
-        class_names = sorted({o[0] for _, _, objs in parsed for o in objs})
+        class_names = sorted({o[0] for _, _, objs, _ in parsed for o in objs})
         if not class_names:
             raise DatasetError(f"{name}: no objects found, so no class names; pass class_names")
     index = {n: i + 1 for i, n in enumerate(class_names)}
     records = []
-    for _xml_path, img_path, objects in parsed:
+    for _xml_path, img_path, objects, declared in parsed:
         boxes, labels, diff = [], [], []
         for cls, box, d in objects:
             if cls not in index:
@@ -122,6 +132,7 @@ def _build(
                 np.array(boxes, np.float32).reshape(-1, 4),
                 np.array(labels, np.int64),
                 np.array(diff, bool),
+                declared=declared,
             )
         )
     if not records:
@@ -131,11 +142,33 @@ def _build(
     return ds
 
 
-def _read_split(path: str) -> list[str]:
+def read_split_list(path: str, exists=None, problems: Problems | None = None) -> list[str]:
+    """The names a split list file gives, one per line. A line may end in a VOC per-class flag
+    (``000005 -1``); a name may hold spaces (``my photo 1``): with ``exists(name)`` the whole line
+    is taken when it names an existing entry. A name listed twice is an error naming the file and
+    its lines, or (with ``problems``: skipping) dropped and counted."""
     if not os.path.isfile(path):
         raise DatasetError(f"split file not found: {path}")
-    with open(path) as f:
-        return [line.split()[0] for line in f if line.strip()]
+    names, where = [], {}
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            text = line.strip()
+            if not text:
+                continue
+            name = text
+            parts = text.rsplit(None, 1)
+            if len(parts) == 2 and parts[1] in ("-1", "0", "1"):  # a per-class list's flag
+                name = parts[0]
+            if exists is not None and not exists(name):
+                name = next((c for c in (text, text.split()[0]) if exists(c)), name)
+            if name in where:
+                if problems is None:
+                    raise DatasetError(f"{path}: {name!r} is listed twice (lines {where[name]} and {n})")
+                problems.duplicates.append(name)
+                continue
+            where[name] = n
+            names.append(name)
+    return names
 
 
 def voc_dataset(
@@ -148,8 +181,13 @@ def voc_dataset(
     """Pascal VOC layout. ``split`` names ``ImageSets/Main/<split>.txt``; join several with
     ``+`` (``"train+val"``). For VOC07+12 build one per root and use :func:`concat_datasets`."""
     ids: list[str] = []
+    listed = Problems() if skip_bad else None
+
+    def exists(i: str) -> bool:
+        return os.path.isfile(os.path.join(root, "Annotations", f"{i}.xml"))
+
     for s in split.split("+"):
-        ids += _read_split(os.path.join(root, "ImageSets", "Main", f"{s}.txt"))
+        ids += read_split_list(os.path.join(root, "ImageSets", "Main", f"{s}.txt"), exists, listed)
     entries = []
     for i in ids:
         xml = safe_join(root, os.path.join("Annotations", f"{i}.xml"), "image id", f"{root} split {split}")
@@ -161,7 +199,9 @@ def voc_dataset(
             if fn:
                 img = safe_join(os.path.join(root, "JPEGImages"), fn, "<filename>", xml)
         entries.append((xml, img, result))
-    return _build(entries, class_names, f"{os.path.basename(os.path.normpath(root))}/{split}", skip_bad, transform)
+    return _build(
+        entries, class_names, f"{os.path.basename(os.path.normpath(root))}/{split}", skip_bad, transform, listed
+    )
 
 
 def find_image(stem: str, filename: str | None, folders: Sequence[str], source: str) -> str | None:
@@ -228,10 +268,17 @@ def xml_folder_dataset(
     whose lines name images (with or without extension) or XML files. ``split=None`` uses every XML."""
     ann_dir = os.path.join(root, annotations)
     img_dir = os.path.join(root, images)
+    listed = Problems() if skip_bad else None
     if split is None:
         stems = sorted(os.path.splitext(f)[0] for f in os.listdir(ann_dir) if f.endswith(".xml"))
     else:
-        stems = [os.path.splitext(os.path.basename(n))[0] for n in _read_split(os.path.join(root, f"{split}.txt"))]
+
+        def exists(n: str) -> bool:
+            stem = os.path.splitext(os.path.basename(n))[0]
+            return os.path.isfile(os.path.join(ann_dir, stem + ".xml"))
+
+        names = read_split_list(os.path.join(root, f"{split}.txt"), exists, listed)
+        stems = [os.path.splitext(os.path.basename(n))[0] for n in names]
     entries = []
     for stem in stems:
         xml = safe_join(ann_dir, stem + ".xml", "name", f"{root}/{split}.txt")
@@ -249,5 +296,10 @@ def xml_folder_dataset(
                     break
         entries.append((xml, img or os.path.join(img_dir, stem + ".jpg"), result))
     return _build(
-        entries, class_names, f"{os.path.basename(os.path.normpath(root))}/{split or 'all'}", skip_bad, transform
+        entries,
+        class_names,
+        f"{os.path.basename(os.path.normpath(root))}/{split or 'all'}",
+        skip_bad,
+        transform,
+        listed,
     )

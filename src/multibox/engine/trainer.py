@@ -31,6 +31,7 @@ import math
 import os
 import random
 import time
+import weakref
 
 import numpy as np
 import torch
@@ -45,11 +46,13 @@ from ..data.base import DetectionDataset
 from ..data.loader import make_loader
 from ..data.transforms import SSDTransform
 from ..inference.checkpoint import atomic_save, load_checkpoint
+from ..inference.device import resolve_device
 from ..inference.evaluate import evaluate_model
 from ..models import SSD, create_model
 from ..models.layers import cpu_has_fast_bf16
-from ..models.weights import load_matching
+from ..models.weights import check_state_dict, load_matching
 from .ema import WeightAverage
+from .rundir import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +132,22 @@ class Trainer:
         self.progress = progress and self.is_main
         if t.threads:
             torch.set_num_threads(t.threads)
-        if t.device == "auto":
-            self.device = torch.device(
-                f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-            )
-        else:
-            self.device = torch.device(t.device)
+        self.device = resolve_device(t.device)
+        self._lock = RunLock(cfg.out_dir)
+        created = not os.path.exists(cfg.out_dir)
+        if self.is_main:  # before anything is read or written: a second run into the folder fails at once
+            self._lock.acquire()
+            weakref.finalize(self, self._lock.release)
+        try:
+            self._setup(cfg, datasets)
+        except BaseException:  # nothing built: the folder is left as it was found
+            self._lock.release()
+            if self.is_main and created and os.path.isdir(cfg.out_dir) and not os.listdir(cfg.out_dir):
+                os.rmdir(cfg.out_dir)
+            raise
+
+    def _setup(self, cfg: Config, datasets: dict[str, DetectionDataset] | None) -> None:
+        t = cfg.train
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
 
@@ -221,10 +234,20 @@ class Trainer:
             self._write_skipped()
         self._tb = None
 
+    def close(self) -> None:
+        """Release the run folder (its lock); the trainer's results stay where they are."""
+        self._lock.release()
+
     # --- setup helpers ------------------------------------------------------
 
     def _write_skipped(self) -> None:
-        """List every file the datasets skipped (and why) in ``skipped_files.txt`` of the run."""
+        """List every file the datasets skipped (and why) in ``skipped_files.txt`` of the run, and
+        every change made to the data while reading it (boxes clipped, rescaled or dropped,
+        entries listed twice) in ``data_report.txt``."""
+        report = [f"{split} ({ds.name}): {line}" for split, ds in self.datasets.items() for line in ds.problems.lines()]
+        if report:
+            with open(os.path.join(self.out_dir, "data_report.txt"), "w") as f:
+                f.write("\n".join(report) + "\n")
         lines, seen = [], set()
         for split, ds in self.datasets.items():  # slices of one split (train[10%:], train[:10%]) share its skips
             for reason in ds.problems.skip_reasons:
@@ -356,7 +379,7 @@ class Trainer:
         torch.manual_seed(s)
         random.seed(s)
         np.random.seed(s % 2**32)
-        self.loader.sampler.set_epoch(epoch)
+        self.loader.batch_sampler.sampler.set_epoch(epoch)
 
     def train_epoch(self, epoch: int) -> dict:
         self._seed_epoch(epoch)
@@ -406,7 +429,7 @@ class Trainer:
             {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "ema": self.ema}
         )
         self.model.train()
-        self.loader.sampler.set_epoch(10**6)  # batches of their own: epoch 0 is drawn again later
+        self.loader.batch_sampler.sampler.set_epoch(10**6)  # batches of their own: epoch 0 is drawn again later
         warmup, timed, step_s = 2, 0, 0.0
         batches = iter(self.loader)
         tick = time.perf_counter()
@@ -547,7 +570,9 @@ class Trainer:
         ckpt = load_checkpoint(path, map_location=self.device)
         if list(ckpt["class_names"]) != list(self.class_names):
             raise ValueError(f"{path}: classes {ckpt['class_names']} differ from the data's {self.class_names}")
-        self.model.load_state_dict(ckpt.get("train_model") or ckpt["model"])
+        weights = ckpt.get("train_model") or ckpt["model"]
+        check_state_dict(self.model.state_dict(), weights, f"{path}: cannot resume this run's model from it")
+        self.model.load_state_dict(weights)
         if self.ema is not None:
             # a checkpoint without an average starts one from its weights
             self.ema.load(ckpt["model"], ckpt.get("ema_updates") or 0)

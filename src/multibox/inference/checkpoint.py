@@ -15,6 +15,7 @@ import tempfile
 import torch
 
 from ..models import SSD, create_model, offline_kwargs
+from ..models.weights import check_state_dict
 
 
 def atomic_save(obj: dict, path: str | os.PathLike) -> None:
@@ -60,13 +61,18 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return ckpt
 
 
-def model_from_checkpoint(ckpt: dict | str | os.PathLike) -> tuple[SSD, list[str]]:
-    """Rebuild the detector described by a checkpoint and load its weights."""
+def model_from_checkpoint(ckpt: dict | str | os.PathLike, source: str | None = None) -> tuple[SSD, list[str]]:
+    """Rebuild the detector described by a checkpoint (a path, or the dict read from ``source``)
+    and load its weights; weights that do not fit the model are an error naming the file and
+    the first mismatching keys."""
+    what = os.fspath(source) if source is not None else "checkpoint"
     if not isinstance(ckpt, dict):
+        what = os.fspath(ckpt)
         ckpt = load_checkpoint(ckpt)
     kwargs = dict(ckpt.get("model_kwargs", {}))
     kwargs.pop("backbone_weights", None)  # ImageNet files are only for starting training
     kwargs.update(offline_kwargs(ckpt["model_name"]))  # the checkpoint has the weights
     model = create_model(ckpt["model_name"], num_classes=len(ckpt["class_names"]), **kwargs)
+    check_state_dict(model.state_dict(), ckpt["model"], f"{what}: weights do not fit its model {ckpt['model_name']}")
     model.load_state_dict(ckpt["model"])
     return model, list(ckpt["class_names"])

@@ -19,7 +19,8 @@ import torch
 
 from ..models.fuse import inference_copy
 from ..models.ssd import SSD
-from .images import ImageInput, image_list, resize_batch, to_rgb_array
+from .device import resolve_device
+from .images import ImageInput, image_list, original_size, reading_limit, resize_batch, to_rgb_array
 from .results import Prediction
 
 
@@ -52,13 +53,19 @@ class Detector:
     ) -> None:
         if len(class_names) != model.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
+        device = resolve_device(device)
         self.model = model.to(device).eval()
         self.class_names = list(class_names)
-        self.device = torch.device(device)
+        self.device = device
         self.tta = tta  # test-time mirroring (multibox.tta); None: the model's setting
         self.box_voting = box_voting  # box voting after NMS (multibox.nms); None: the model's setting
         # what predict() runs: BatchNorm folded, channels-last (same outputs, faster; docs/benchmarks.md)
         self._net = inference_copy(self.model, channels_last=True)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(height, width)`` the model sees; images are resized to it."""
+        return tuple(self.model.image_size)
 
     @torch.no_grad()
     def predict(
@@ -74,8 +81,10 @@ class Detector:
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            arrays = [to_rgb_array(im) for im in chunk]
-            sizes = torch.tensor([a.shape[:2] for a in arrays], dtype=torch.float32)
+            limit = reading_limit(self.model.image_size)
+            arrays = [to_rgb_array(im, limit) for im in chunk]  # huge files read reduced
+            originals = [original_size(im, a) for im, a in zip(chunk, arrays)]
+            sizes = torch.tensor(originals, dtype=torch.float32)
             batch = resize_batch(arrays, self.model.image_size).to(self.device).float()
             batch = batch.contiguous(memory_format=torch.channels_last)
             det = self._net.predict(
@@ -90,7 +99,7 @@ class Detector:
                         scores=d["scores"].cpu().numpy().astype(np.float32),
                         labels=labels.astype(np.int64),
                         names=[self.class_names[l - 1] for l in labels],
-                        image_size=tuple(int(v) for v in arrays[i].shape[:2]),
+                        image_size=tuple(int(v) for v in originals[i]),
                         source=os.fspath(src) if isinstance(src, (str, os.PathLike)) else None,
                     )
                 )

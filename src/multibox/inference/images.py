@@ -15,15 +15,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..data.image import read_image
+from ..data.image import image_size, read_image
 
 ImageInput = str | os.PathLike | np.ndarray | Tensor
 
 
-def to_rgb_array(image: ImageInput) -> np.ndarray:
-    """Any supported input to an ``(H, W, 3)`` uint8 RGB array (with a clear error otherwise)."""
+def reading_limit(input_size: Sequence[int]) -> int:
+    """The longest side at which images are read for a model of ``input_size`` (h, w): four
+    times its input, at least 2048 px; larger files are decoded at reduced size."""
+    return max(2048, 4 * max(input_size))
+
+
+def to_rgb_array(image: ImageInput, max_side: int | None = None) -> np.ndarray:
+    """Any supported input to an ``(H, W, 3)`` uint8 RGB array (with a clear error otherwise);
+    a file larger than ``max_side`` is read reduced to it (see :func:`original_size`)."""
     if isinstance(image, (str, os.PathLike)):
-        return read_image(image)
+        return read_image(image, max_side=max_side)
     if isinstance(image, Tensor):
         t = image.detach().cpu()
         if t.ndim != 3 or t.shape[0] != 3:
@@ -61,3 +68,11 @@ def resize_batch(images: Sequence[np.ndarray], size: tuple[int, int]) -> Tensor:
     for i, im in enumerate(images):
         out[i] = cv2.resize(im, (w, h), interpolation=cv2.INTER_LINEAR)
     return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+def original_size(image: ImageInput, array: np.ndarray) -> tuple[int, int]:
+    """``(height, width)`` of ``image`` as given: a file's from its header (its ``array`` may have
+    been read reduced), else the array's."""
+    if isinstance(image, (str, os.PathLike)):
+        return image_size(image)
+    return tuple(array.shape[:2])

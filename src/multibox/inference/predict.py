@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ..data.image import IMAGE_EXTENSIONS, ImageReadError, read_image
+from ..data.image import IMAGE_EXTENSIONS, ImageReadError, image_size, read_image
 from ..viz.draw import draw_boxes, save_image
+from .images import reading_limit
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -104,22 +105,27 @@ def _unique_name(path: str, used: set[str]) -> str:
     return name
 
 
-def _read(path: str) -> tuple[str, np.ndarray | None, str | None]:
+def _read(path: str, max_side: int | None) -> tuple[str, np.ndarray | None, str | None, tuple[int, int] | None]:
+    """``(path, RGB array (reduced to max_side if larger), error, (h, w) of the file)``."""
     try:
-        return path, read_image(path), None
+        return path, read_image(path, max_side=max_side), None, image_size(path)
     except (ImageReadError, OSError, ValueError) as e:
-        return path, None, str(e)
+        return path, None, str(e), None
 
 
-def _batches(paths: Sequence[str], batch_size: int) -> Iterator[list[tuple[str, np.ndarray | None, str | None]]]:
+def _batches(paths: Sequence[str], batch_size: int, max_side: int | None = None) -> Iterator[list[tuple]]:
     """Read images a batch ahead on a worker thread (decoding releases the GIL)."""
     chunks = [paths[i : i + batch_size] for i in range(0, len(paths), batch_size)]
+
+    def read(chunk: Sequence[str]) -> list[tuple]:
+        return [_read(p, max_side) for p in chunk]
+
     with ThreadPoolExecutor(max_workers=2) as pool:
-        pending = pool.map(lambda c: [_read(p) for p in c], chunks[:1])
+        pending = pool.map(read, chunks[:1])
         for i in range(len(chunks)):
             current = list(pending)[0]
             if i + 1 < len(chunks):
-                pending = pool.map(lambda c: [_read(p) for p in c], chunks[i + 1 : i + 2])
+                pending = pool.map(read, chunks[i + 1 : i + 2])
             yield current
 
 
@@ -176,7 +182,12 @@ def predict_files(
     dets = _JsonArrayWriter(os.path.join(out_dir, "detections.json"))
     image_entries: list[dict] = []
 
-    def record(pred, name: str, source: str, image: np.ndarray | None) -> None:
+    def record(pred, name: str, source: str, image: np.ndarray | None, full_size=None) -> None:
+        """Write one image's results; ``pred`` is in pixels of ``image`` (drawn as it is), and the
+        files get them in pixels of the full-size file (``full_size``) when it was read reduced."""
+        drawn = pred
+        if full_size is not None and tuple(full_size) != tuple(pred.image_size):
+            pred = pred.rescaled(full_size)
         image_id = len(image_entries) + 1
         h, w = pred.image_size
         image_entries.append({"id": image_id, "file_name": source, "width": w, "height": h})
@@ -190,24 +201,25 @@ def predict_files(
                 f.write(_labels_text(pred))
         if draw and image is not None:
             save_image(
-                os.path.join(img_dir, f"{name}.jpg"), draw_boxes(image, pred.boxes, pred.labels, names, pred.scores)
+                os.path.join(img_dir, f"{name}.jpg"), draw_boxes(image, drawn.boxes, drawn.labels, names, drawn.scores)
             )
 
     try:
         bar = tqdm(total=len(image_paths), desc="predict", unit="img", disable=not progress or not image_paths)
-        for batch in _batches(image_paths, batch_size):
-            ok = [(p, im) for p, im, err in batch if im is not None]
-            for p, _, err in batch:
+        limit = reading_limit(detector.input_size) if hasattr(detector, "input_size") else None
+        for batch in _batches(image_paths, batch_size, limit):  # huge files read reduced: memory stays bounded
+            ok = [(p, im, full) for p, im, err, full in batch if im is not None]
+            for p, _, err, _ in batch:
                 if err is not None:
                     summary.failed.append((p, err))
             preds = (
-                detector.predict([im for _, im in ok], conf=conf, iou=iou, max_det=max_det, batch_size=batch_size)
+                detector.predict([im for _, im, _ in ok], conf=conf, iou=iou, max_det=max_det, batch_size=batch_size)
                 if ok
                 else []
             )
-            for (p, im), pred in zip(ok, preds):
+            for (p, im, full), pred in zip(ok, preds):
                 pred.source = p
-                record(pred, _unique_name(p, used), p, im)
+                record(pred, _unique_name(p, used), p, im, full)
             bar.update(len(batch))
             bar.set_postfix(detections=summary.detections, failed=len(summary.failed))
         bar.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -22,6 +22,13 @@ class Prediction:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def rescaled(self, image_size: tuple[int, int]) -> Prediction:
+        """The same detections in pixels of the image at ``image_size`` ``(height, width)``
+        (e.g. the full-size file of an image that was read reduced)."""
+        (h0, w0), (h, w) = self.image_size, image_size
+        scale = np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+        return replace(self, boxes=(self.boxes * scale).astype(np.float32), image_size=tuple(image_size))
 
     def to_coco(self, image_id: int, category_ids: Sequence[int] | None = None) -> list[dict]:
         """COCO results entries: ``image_id``, ``category_id`` (``category_ids[label - 1]`` or the

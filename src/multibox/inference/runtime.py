@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .images import ImageInput, image_list, resize_batch, to_rgb_array
+from .images import ImageInput, image_list, original_size, reading_limit, resize_batch, to_rgb_array
 from .results import Prediction
 
 
@@ -55,6 +55,11 @@ class OnnxDetector:
         }
         return self.session.run(None, feeds)
 
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(height, width)`` the exported model sees."""
+        return self.image_size
+
     def predict(
         self,
         images: ImageInput | Iterable[ImageInput],
@@ -74,12 +79,12 @@ class OnnxDetector:
         results: list[Prediction] = []
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
-            arrays = [to_rgb_array(im) for im in chunk]
+            arrays = [to_rgb_array(im, reading_limit(self.image_size)) for im in chunk]  # huge files read reduced
             batch = resize_batch(arrays, self.image_size).numpy().astype(np.float32)
             boxes, scores, labels, num = self.run(batch, conf, iou)
             for i, a in enumerate(arrays):
                 n = int(num[i]) if max_det is None else min(int(num[i]), max_det)
-                h, w = a.shape[:2]
+                h, w = original_size(chunk[i], a)
                 scale = np.array([w, h, w, h], dtype=np.float32)
                 lab = labels[i, :n].astype(np.int64)
                 src = chunk[i]

@@ -74,9 +74,13 @@ def _postprocess(kwargs: dict) -> PostprocessConfig:
     return cfg  # SSD checks its tta against its priors
 
 
+class UnknownModelSetting(TypeError, ValueError):
+    """A keyword argument (``model.kwargs`` in a config) that the model's builder does not take."""
+
+
 def _reject_unknown(name: str, kwargs: dict) -> None:
     if kwargs:
-        raise TypeError(f"{name}: unexpected arguments {sorted(kwargs)}")
+        raise UnknownModelSetting(f"{name}: unexpected arguments {sorted(kwargs)} (model.kwargs)")
 
 
 # --- VGG16 SSD300 / SSD512 ----------------------------------------------------
