@@ -434,12 +434,19 @@ def write_markdown(path: str, table: str) -> None:
         f.write(text)
 
 
+def bench_deploy(quick: bool) -> None:
+    from .bench_deploy import bench_deploy as run
+
+    run(quick, row)
+
+
 PARTS = {
     "postprocess": bench_postprocess,
     "loss": bench_loss,
     "data": bench_data,
     "forward": bench_forward,
     "train": bench_train,
+    "deploy": bench_deploy,
 }
 
 

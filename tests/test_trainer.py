@@ -283,3 +283,28 @@ def test_atss_matcher_comes_from_the_config(voc_root, tmp_path):
     assert not torch.equal(got.labels, ssd.labels)
     with pytest.raises(ValueError, match="'train.matcher': expected one of atss, iou, got 'nearest'"):
         Trainer(tiny_config(voc_root, tmp_path / "bad", "train.matcher=nearest"), progress=False)
+
+
+def test_test_time_views_are_chosen_on_validation_and_saved(voc_root, tmp_path):
+    """``train.choose_tta``: each mode scored on val by COCO AP (computed here independently),
+    the best kept in the model, config.yaml and both checkpoints."""
+    import yaml
+
+    from multibox.inference.evaluate import evaluate_model
+
+    cfg = tiny_config(voc_root, tmp_path, "data.val=train", "train.epochs=2", "train.choose_tta=[none, hflip, hvflip]")
+    tr = Trainer(cfg, progress=False)
+    tr.fit()
+    model = tr.eval_model()
+    chosen = model.postprocess_config.tta
+    scores = {}
+    for mode in ("none", "hflip", "hvflip"):
+        model.postprocess_config.tta = mode
+        scores[mode] = evaluate_model(model, tr.datasets["val"], workers=0, progress=False).coco["AP"]
+    best = max(["none", "hflip", "hvflip"], key=lambda m: (scores[m], -["none", "hflip", "hvflip"].index(m)))
+    assert chosen == best
+    assert yaml.safe_load(open(os.path.join(tmp_path, "config.yaml")))["model"]["kwargs"]["tta"] == best
+    for name in ("last.pt", "best.pt"):
+        ckpt = load_checkpoint(os.path.join(tmp_path, name))
+        assert ckpt["model_kwargs"]["tta"] == best and ckpt["config"]["model"]["kwargs"]["tta"] == best
+        assert model_from_checkpoint(ckpt)[0].postprocess_config.tta == best

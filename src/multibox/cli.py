@@ -4,9 +4,9 @@ multibox demo [--data PATH] [--out runs/demo]     train + evaluate + draw on BCC
 multibox train --config PRESET [key=value ...]    train from a preset or YAML file, with overrides
 multibox val --checkpoint CKPT [--split test]     score a checkpoint, write metrics.json and plots
 multibox evaluate --gt GT.json --detections R.json [--out DIR]
-multibox predict CKPT|MODEL.onnx SOURCES... [--conf 0.25] [--out runs/predict]
+multibox predict CKPT|MODEL.onnx|MODEL.xml SOURCES... [--conf 0.25] [--save-format yolo voc coco]
 multibox show -c PRESET | --checkpoint CKPT [--augment] [--predict]   draw ground truth into a grid
-multibox export CKPT [--format onnx|torch-export] [--out model.onnx]
+multibox export CKPT [--format onnx|openvino|torch-export] [--int8] [--out model.onnx]
 multibox import-torchvision SSD300.pth --out ssd300_coco.pt        torchvision ssd300_vgg16 weights
 multibox models | presets                         list the model zoo / the config presets
 """
@@ -252,9 +252,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _train_and_report(cfg, None, draw=None)
 
 
-def _dataset_for_checkpoint(folder: str, split: str | None, names: list[str]):
-    """A split of any dataset folder, its classes matched by name to a checkpoint's: the test
-    split, else the validation split, else the whole folder (``split`` chooses)."""
+def _dataset_for_checkpoint(folder: str, split: str | None, names: list[str] | None):
+    """A split of any dataset folder, its classes matched by name to a checkpoint's (``names``;
+    None: as found): the test split, else the validation split, else the whole folder (``split``
+    chooses)."""
     from .data.base import remap_classes, verify_images
     from .data.build import layout_of
 
@@ -264,7 +265,7 @@ def _dataset_for_checkpoint(folder: str, split: str | None, names: list[str]):
         split = next(s for s in ("test", "val", "all", "train") if s in layout.splits)
     dataset = layout.load(split, None, skip_bad=True)
     verify_images(dataset, skip_bad=True)  # an undecodable image is skipped and listed, before scoring
-    return remap_classes(dataset, names), split
+    return (dataset if names is None else remap_classes(dataset, names)), split
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -309,6 +310,8 @@ def _cmd_val(args: argparse.Namespace) -> int:
     from .data.build import load_split
     from .inference.checkpoint import load_checkpoint, model_from_checkpoint
 
+    if args.checkpoint.lower().endswith((".onnx", ".xml")):
+        return _val_export(args)
     ckpt = load_checkpoint(args.checkpoint)
     model, names = model_from_checkpoint(ckpt, args.checkpoint)
     cfg = config_from_dict(ckpt.get("config", {}))
@@ -330,6 +333,29 @@ def _cmd_val(args: argparse.Namespace) -> int:
     report = _score_and_report(model, dataset, out, device=resolve_device(args.device), draw=args.draw)
     print(report.table())
     print(f"wrote metrics.json, metrics.txt, pr_curves/, errors.png and predictions/ to {out}")
+    return 0
+
+
+def _val_export(args: argparse.Namespace) -> int:
+    """``multibox val`` of an ONNX or OpenVINO export (float or int8) on ``--data``."""
+    from .inference.detector import Detector
+
+    if not args.data:
+        raise ValueError(f"{args.checkpoint}: an export holds no dataset; give the folder to score it on (--data DIR)")
+    if _test_time_overrides(args):
+        raise ValueError(f"{args.checkpoint}: --tta and --box-voting apply to checkpoints; an export runs its own")
+    from .data.base import remap_classes
+
+    # the data first: reading it may fork worker processes, which must not follow the runtime's threads
+    dataset, split = _dataset_for_checkpoint(args.data, args.split, None)
+    det = Detector.from_checkpoint(args.checkpoint)
+    dataset = remap_classes(dataset, det.class_names)
+    if args.voc_convention:
+        dataset.voc_convention = args.voc_convention
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"val_{split}")
+    report = _score_and_report(det, dataset, out, workers=0, draw=args.draw)  # the runtime has its own threads
+    print(report.table())
+    print(f"{det.precision} {os.path.basename(args.checkpoint)}; wrote metrics.json, metrics.txt and pictures to {out}")
     return 0
 
 
@@ -356,6 +382,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         draw=not args.no_draw,
         save_txt=not args.no_txt,
+        save_format=args.save_format,
     )
     print(summary.table())
     print(f"wrote images/, labels/, detections.json (COCO results), images.json and summary.json to {args.out}")
@@ -404,17 +431,69 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from .inference.checkpoint import model_from_checkpoint
-    from .inference.export import export_onnx, export_program
+def _calibration_images(args: argparse.Namespace, ckpt: dict) -> list[str]:
+    """Images to calibrate int8 on: ``--calibration`` (folders, globs or files), else the
+    checkpoint's training split when its dataset is found; ``--calibration-images`` of them,
+    spread evenly."""
+    from .inference.predict import expand_sources
 
-    model, names = model_from_checkpoint(args.checkpoint)
-    out = args.out or os.path.splitext(args.checkpoint)[0] + (".onnx" if args.format == "onnx" else ".pt2")
-    if args.format == "onnx":
-        export_onnx(model, out, names, max_detections=args.max_det)
+    if args.calibration:
+        paths, _ = expand_sources(args.calibration)
     else:
+        from .config import config_from_dict
+        from .data.build import load_split
+
+        cfg = config_from_dict(ckpt.get("config", {}))
+        try:
+            cfg.data.skip_bad = True
+            train = load_split(cfg.data, cfg.data.train, list(ckpt["class_names"]))
+        except (FileNotFoundError, ValueError) as e:
+            raise ValueError(
+                f"--int8 needs calibration images: the checkpoint's training data was not found ({e}); "
+                "give --calibration DIR (50-200 images like those the model will see)"
+            ) from None
+        paths = [r.image_path for r in train.records]
+        print(f"calibrating on the training split {train.name}")
+    if not paths:
+        raise ValueError("--calibration names no images")
+    n = min(args.calibration_images, len(paths))
+    step = len(paths) / n
+    return [paths[int(i * step)] for i in range(n)]
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .inference.checkpoint import load_checkpoint, model_from_checkpoint
+    from .inference.export import export_onnx, export_openvino, export_program
+
+    ckpt = load_checkpoint(args.checkpoint)
+    model, names = model_from_checkpoint(ckpt, args.checkpoint)
+    stem = os.path.splitext(args.checkpoint)[0] + (".int8" if args.int8 else "")
+    ext = {"onnx": ".onnx", "openvino": ".xml", "torch-export": ".pt2"}[args.format]
+    out = args.out or stem + ext
+    if args.format == "torch-export":
+        if args.int8:
+            raise ValueError("--int8 applies to --format onnx and openvino")
         export_program(model, out, names)
-    print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
+        print(f"wrote {out} ({os.path.getsize(out) / 1e6:.1f} MB)")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = out if args.format == "onnx" else os.path.join(tmp, "model.onnx")
+        if args.int8:
+            from .inference.quantize import quantize_onnx
+
+            images = _calibration_images(args, ckpt)
+            float_path = os.path.join(tmp, "float.onnx")
+            export_onnx(model, float_path, names, max_detections=args.max_det)
+            print(f"quantising the network to int8, calibrated on {len(images)} images")
+            quantize_onnx(float_path, onnx_path, images)
+        else:
+            export_onnx(model, onnx_path, names, max_detections=args.max_det)
+        if args.format == "openvino":
+            export_openvino(onnx_path, out)
+    size = sum(os.path.getsize(p) for p in (out, os.path.splitext(out)[0] + ".bin") if os.path.exists(p))
+    print(f"wrote {out} ({size / 1e6:.1f} MB)" + ("; score it with multibox val" if args.int8 else ""))
     return 0
 
 
@@ -507,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("val", help="evaluate a checkpoint on a dataset split")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint (.pt), or an export (.onnx, .xml) with --data")
     p.add_argument(
         "--voc-convention",
         choices=("devkit", "continuous"),
@@ -527,9 +606,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json and PR curves")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="detect objects in images, folders, globs or videos")
+    p = sub.add_parser("predict", help="detect objects in images, folders, globs, videos, cameras or streams")
     p.add_argument("model", help="a checkpoint (.pt) or an exported .onnx file")
-    p.add_argument("sources", nargs="+", help="image files, folders, glob patterns or video files")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        help="image files, folders, glob patterns, video files, a camera index (0), stream URLs "
+        "(rtsp://, http://...) or image URLs",
+    )
+    p.add_argument(
+        "--save-format",
+        nargs="+",
+        choices=("yolo", "voc", "coco"),
+        default=[],
+        help="also write the detections as annotations for labelling tools: yolo/, voc/, coco/ in --out",
+    )
     p.add_argument("--out", default="runs/predict", help="output folder (default runs/predict)")
     p.add_argument("--conf", type=_fraction, default=0.25, help="minimum score, 0-1 (default 0.25)")
     p.add_argument("--iou", type=_fraction, default=None, help="NMS IoU threshold, 0-1 (default: the model's, 0.45)")
@@ -566,10 +657,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument(
         "--format",
-        choices=("onnx", "torch-export"),
+        choices=("onnx", "openvino", "torch-export"),
         default="onnx",
-        help="onnx: the whole detector; torch-export: the network as a .pt2 program",
+        help="onnx: the whole detector (ONNX Runtime); openvino: the same as an OpenVINO IR (.xml + .bin); "
+        "torch-export: the network as a .pt2 program",
     )
+    p.add_argument("--int8", action="store_true", help="quantise the network to int8 (onnx, openvino)")
+    p.add_argument(
+        "--calibration",
+        nargs="+",
+        help="images to calibrate int8 on: folders, globs or files (default: the checkpoint's training split)",
+    )
+    p.add_argument("--calibration-images", type=_positive_int, default=100, help="how many (default 100)")
     p.add_argument("--out", help="output file (default: beside the checkpoint)")
     p.add_argument(
         "--max-det", type=_positive_int, default=None, help="detections per image in the graph (default 200)"

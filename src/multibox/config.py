@@ -75,6 +75,9 @@ class TrainConfig:
     freeze_bn: bool = False  # keep every BatchNorm in eval mode
     threads: int | None = None  # torch CPU threads (default: all cores)
     time_budget: float | None = None  # seconds of training: epochs fitted to the measured speed (at most `epochs`)
+    choose_tta: list | None = (
+        None  # test-time views chosen on the val split after training, by COCO AP (first wins ties)
+    )
     device: str = "auto"
 
 

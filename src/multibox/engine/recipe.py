@@ -17,7 +17,8 @@ by fixed rules, the same for every dataset:
 * zoom-out up to 2x for small objects (4x, the paper's, otherwise); the channel order kept;
 * SSDLite on EfficientNet-Lite0 with ImageNet weights, the stem and first blocks frozen, every
   depthwise kernel kept (the demo's settings: fast steps on a CPU), batch 8, lr 0.04, cosine;
-* left-right mirroring at test time;
+* box voting after NMS; at test time left-right mirroring, or left-right and up-down mirroring
+  when the validation split scores that higher (COCO AP, after training);
 * epochs from the time budget and the measured speed (``train.time_budget``, applied by the
   trainer).
 """
@@ -87,10 +88,18 @@ def fit_model(stats: BoxStats) -> tuple[dict, dict, list[str]]:
     elongated = stats.fraction_elongated(2.5)
     ratios = [2, 3] if elongated > 0.05 else [2]
     reasons.append(f"aspect ratios {ratios}: {elongated:.0%} of the boxes are beyond 1:2.5")
-    kwargs = {"image_size": size, "feature_strides": strides, "scales": scales, "aspect_ratios": ratios, "tta": "hflip"}
+    kwargs = {
+        "image_size": size,
+        "feature_strides": strides,
+        "scales": scales,
+        "aspect_ratios": ratios,
+        "tta": "hflip",
+        "box_voting": True,
+    }
     augment = {"max_expand": 2.0 if small else 4.0, "channel_swap_prob": 0.0}
     reasons.append(
-        f"zoom-out up to {augment['max_expand']}x; colour channels kept in order; left-right mirroring at test"
+        f"zoom-out up to {augment['max_expand']}x; colour channels kept in order; box voting after NMS; at test, "
+        "left-right mirroring, or both mirrorings if the validation split scores them higher"
     )
     return kwargs, augment, reasons
 
@@ -149,6 +158,7 @@ def fit_recipe(
             schedule="cosine",
             eval_every=0,
             time_budget=float(time_budget),
+            choose_tta=["hflip", "hvflip"],  # chosen on the validation split after training
         ),
         out_dir=out_dir or os.path.join("runs", name),
     )

@@ -503,9 +503,46 @@ class Trainer:
             last = stats
             if stop_after_epoch is not None and self.epoch >= stop_after_epoch:
                 break
+        if self.is_main and self.epoch >= self.epochs:
+            self.choose_test_time()
         if self.is_main:
             self._plot()
         return last
+
+    def choose_test_time(self) -> str | None:
+        """With ``train.choose_tta``, score the validation split under each test-time mirroring
+        mode listed and keep the best by COCO AP (mAP@0.5 saturates on small sets; a tie keeps
+        the earlier, cheaper mode): the model, the config, ``config.yaml`` and the checkpoints
+        get it. Returns the mode chosen (None when there is nothing to choose)."""
+        choices, val = self.cfg.train.choose_tta, self.datasets.get("val")
+        if not choices or val is None or not self.is_main:
+            return None
+        model = self.eval_model()
+        scores = {}
+        for mode in choices:
+            model.postprocess_config.tta = mode
+            report = evaluate_model(
+                model, val, batch_size=16, device=self.device, workers=self.cfg.data.workers, coco=True, progress=False
+            )
+            scores[mode] = (report.coco or {}).get("AP", report.map)
+        best = max(choices, key=lambda m: (scores[m], -choices.index(m)))
+        for m in {id(model): model, id(self.model): self.model}.values():
+            m.postprocess_config.tta = best
+        self.cfg.model.kwargs["tta"] = best
+        log.info(
+            f"test-time views chosen on {val.name}: {best} ("
+            + ", ".join(f"{m} COCO AP {v:.4f}" for m, v in scores.items())
+            + ")"
+        )
+        save_config(self.cfg, os.path.join(self.out_dir, "config.yaml"))
+        for name in ("last.pt", "best.pt"):
+            path = os.path.join(self.out_dir, name)
+            if os.path.exists(path):
+                ckpt = load_checkpoint(path)
+                ckpt["model_kwargs"] = dict(ckpt.get("model_kwargs", {}), tta=best)
+                ckpt["config"] = self.cfg.to_dict()
+                atomic_save(ckpt, path)
+        return best
 
     def eval_model(self) -> SSD:
         """The model to score and ship: the weight average if training keeps one, else the model."""

@@ -30,7 +30,11 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "cpu"):
         """A detector from a training checkpoint (``.pt``, loaded with ``weights_only=True``)
-        or from an ONNX export (``.onnx``, run with ONNX Runtime); both have the same ``predict``."""
+        or from an export (``.onnx``: ONNX Runtime; ``.xml``: OpenVINO); all have the same ``predict``."""
+        if os.fspath(path).lower().endswith(".xml"):
+            from .runtime import OpenVinoDetector
+
+            return OpenVinoDetector(path)
         if os.fspath(path).lower().endswith(".onnx"):
             from .runtime import OnnxDetector
 

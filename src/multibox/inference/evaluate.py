@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -15,7 +16,7 @@ from ..models import SSD
 from ..models.fuse import inference_copy
 
 
-def eval_view(dataset: DetectionDataset, model: SSD) -> DetectionDataset:
+def eval_view(dataset: DetectionDataset, model) -> DetectionDataset:
     """The same records with the model's test-time transform (resize only)."""
     return dataset.with_transform(SSDTransform(model.image_size, train=False))
 
@@ -30,7 +31,12 @@ def predict_dataset(
     progress: bool = True,
     channels_last: bool = False,
 ) -> Iterator[tuple[int, dict]]:
-    """Yields ``(record index, {"boxes", "scores", "labels"})`` in dataset order, boxes in original pixels."""
+    """Yields ``(record index, {"boxes", "scores", "labels"})`` in dataset order, boxes in original pixels.
+    ``model`` is an :class:`SSD` or an exported detector (:class:`~multibox.inference.runtime.OnnxDetector`,
+    :class:`~multibox.inference.runtime.OpenVinoDetector`), which scores the same data the same way."""
+    if not isinstance(model, SSD):
+        yield from _predict_dataset_exported(model, dataset, batch_size, workers, progress)
+        return
     model.eval()
     loader = make_loader(eval_view(dataset, model), batch_size, train=False, workers=workers)
     # BatchNorm folded and channels-last: same outputs, faster (docs/benchmarks.md)
@@ -42,6 +48,21 @@ def predict_dataset(
         det = net.predict(images, batch["sizes"].to(device))
         for d in det.per_image():
             yield index, {k: v.cpu().numpy() for k, v in d.items()}
+            index += 1
+
+
+def _predict_dataset_exported(det, dataset: DetectionDataset, batch_size: int, workers: int, progress: bool):
+    loader = make_loader(eval_view(dataset, det), batch_size, train=False, workers=workers)
+    index = 0
+    for batch in tqdm(loader, desc=f"eval {dataset.name}", disable=not progress, leave=False, mininterval=1.0):
+        boxes, scores, labels, num = det.run(batch["images"].float().numpy())
+        for i, (h, w) in enumerate(batch["sizes"].tolist()):
+            n = int(num[i])
+            scale = np.array([w, h, w, h], np.float32)
+            yield (
+                index,
+                {"boxes": boxes[i, :n] * scale, "scores": scores[i, :n], "labels": labels[i, :n].astype(np.int64)},
+            )
             index += 1
 
 

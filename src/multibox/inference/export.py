@@ -17,6 +17,11 @@ clip, the best ``candidates_per_class`` per class, per-class greedy NMS (ONNX's
 
     export_onnx(model, "model.onnx", class_names)
     OnnxDetector("model.onnx").predict(["a.jpg"])   # multibox.inference.runtime
+    export_openvino("model.onnx", "model.xml")      # the same graph as an OpenVINO IR
+
+``dynamo=True`` writes the graph with PyTorch's ``torch.export``-based exporter (NMS as the
+``multibox::nms_groups`` operator, translated to ONNX's ``NonMaxSuppression``); the default
+is the TorchScript-based exporter (docs/benchmarks.md compares them).
 """
 
 from __future__ import annotations
@@ -61,12 +66,32 @@ class _NonMaxSuppression(torch.autograd.Function):
         return g.op("NonMaxSuppression", boxes, scores, max_out, iou, thr, center_point_box_i=0)
 
 
+@torch.library.custom_op("multibox::nms_groups", mutates_args=())
+def nms_groups(boxes: Tensor, scores: Tensor, max_out: Tensor, iou: Tensor, thr: Tensor) -> Tensor:
+    """:class:`_NonMaxSuppression` as a PyTorch operator, for the ``torch.export``-based ONNX
+    exporter, which writes it as one ``NonMaxSuppression`` node (:func:`_nms_to_onnx`)."""
+    return _NonMaxSuppression.forward(None, boxes, scores, max_out, iou, thr)
+
+
+@nms_groups.register_fake
+def _(boxes, scores, max_out, iou, thr):
+    n = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((n, 3), dtype=torch.int64)
+
+
+def _nms_to_onnx(boxes, scores, max_out, iou, thr):
+    from onnxscript import opset18 as op
+
+    return op.NonMaxSuppression(boxes, scores, max_out, iou, thr, center_point_box=0)
+
+
 class ExportableSSD(nn.Module):
     """An :class:`SSD` with its post-processing as traceable tensor operations."""
 
-    def __init__(self, model: SSD, max_detections: int | None = None) -> None:
+    def __init__(self, model: SSD, max_detections: int | None = None, dynamo: bool = False) -> None:
         super().__init__()
         self.model = model.eval()
+        self.dynamo = dynamo  # NMS as the multibox::nms_groups operator (torch.export) or a traced Function
         cfg = model.postprocess_config
         self.max_detections = max_detections or cfg.max_detections
         self.candidates = min(cfg.candidates_per_class or model.num_priors, model.num_priors)
@@ -85,7 +110,8 @@ class ExportableSSD(nn.Module):
         cand = torch.gather(boxes.unsqueeze(1).expand(-1, c, -1, -1), 2, top_idx.unsqueeze(-1).expand(-1, -1, -1, 4))
         flat_boxes = cand.reshape(-1, k, 4)
         flat_scores = top_scores.reshape(-1, 1, k)
-        selected = _NonMaxSuppression.apply(
+        nms = nms_groups if self.dynamo else _NonMaxSuppression.apply
+        selected = nms(
             flat_boxes,
             flat_scores,
             torch.tensor([k], dtype=torch.int64),
@@ -136,6 +162,7 @@ def export_onnx(
     max_detections: int | None = None,
     opset: int = OPSET,
     postprocess: bool = True,
+    dynamo: bool = False,
 ) -> str:
     """Write the whole detector (network, decoding, NMS) as one ONNX file with a dynamic batch.
 
@@ -148,7 +175,7 @@ def export_onnx(
     path = os.fspath(path)
     if len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
-    wrapper = ExportableSSD(model.cpu().float(), max_detections).eval()
+    wrapper = ExportableSSD(model.cpu().float(), max_detections, dynamo=dynamo).eval()
     h, w = model.image_size
     example = (
         torch.rand(2, 3, h, w) * 255,
@@ -158,7 +185,9 @@ def export_onnx(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about Python scalars that are constants here
-        if postprocess:
+        if dynamo:
+            _export_dynamo(wrapper if postprocess else wrapper.model, example if postprocess else example[:1], path)
+        elif postprocess:
             torch.onnx.export(
                 wrapper,
                 example,
@@ -204,6 +233,28 @@ def export_onnx(
     return path
 
 
+def _export_dynamo(module: nn.Module, example: tuple, path: str) -> None:
+    """The ``torch.export``-based exporter (``dynamo=True``), NMS translated to ONNX's operator."""
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    full = len(example) == 3
+    names_in = ["images", "score_threshold", "iou_threshold"] if full else ["images"]
+    names_out = ["boxes", "scores", "labels", "num"] if full else ["offsets", "logits"]
+    shapes = ({0: batch}, None, None) if full else ({0: batch},)
+    program = torch.onnx.export(
+        module,
+        example,
+        dynamo=True,
+        opset_version=18,
+        input_names=names_in,
+        output_names=names_out,
+        dynamic_shapes=shapes,
+        custom_translation_table={torch.ops.multibox.nms_groups.default: _nms_to_onnx},
+        optimize=True,
+        verbose=False,
+    )
+    program.save(path)
+
+
 def export_program(model: SSD, path: str | os.PathLike, class_names: Sequence[str]) -> str:
     """The network alone as a ``torch.export`` program (``.pt2``; ``images -> offsets, logits``,
     dynamic batch), with the priors and class names stored in the archive as ``meta.json``.
@@ -227,4 +278,20 @@ def export_program(model: SSD, path: str | os.PathLike, class_names: Sequence[st
     with torch.no_grad():
         program = torch.export.export(model, (torch.rand(2, 3, h, w) * 255,), dynamic_shapes=({0: batch},))
     torch.export.save(program, path, extra_files={"meta.json": json.dumps(meta)})
+    return path
+
+
+def export_openvino(onnx_path: str | os.PathLike, path: str | os.PathLike) -> str:
+    """Convert a multibox ONNX export (float or int8) to an OpenVINO IR (``path``: the ``.xml``;
+    the weights go to the ``.bin`` beside it), decoding and NMS included, its metadata kept."""
+    import onnx
+    import openvino as ov
+
+    onnx_path, path = os.fspath(onnx_path), os.fspath(path)
+    meta = {p.key: p.value for p in onnx.load(onnx_path, load_external_data=False).metadata_props}
+    model = ov.convert_model(onnx_path)
+    for key, value in meta.items():
+        model.set_rt_info(value, ["multibox", key])
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    ov.save_model(model, path, compress_to_fp16=False)
     return path

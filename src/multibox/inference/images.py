@@ -2,7 +2,8 @@
 and batches resized to a model's input.
 
 An image may be a file path, an ``(H, W, 3)`` uint8 RGB array (``(H, W)`` grey and
-``(H, W, 4)`` RGBA are accepted), or a ``(3, H, W)`` tensor (uint8 0-255, or float in 0-1).
+``(H, W, 4)`` RGBA are accepted), a ``(3, H, W)`` tensor (uint8 0-255, or float in 0-1), or a
+PIL image (any mode).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from collections.abc import Iterable, Sequence
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 from ..data.image import image_size, read_image
 
-ImageInput = str | os.PathLike | np.ndarray | Tensor
+ImageInput = str | os.PathLike | np.ndarray | Tensor | Image.Image
 
 
 def reading_limit(input_size: Sequence[int]) -> int:
@@ -31,6 +33,8 @@ def to_rgb_array(image: ImageInput, max_side: int | None = None) -> np.ndarray:
     a file larger than ``max_side`` is read reduced to it (see :func:`original_size`)."""
     if isinstance(image, (str, os.PathLike)):
         return read_image(image, max_side=max_side)
+    if _is_pil(image):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB")))
     if isinstance(image, Tensor):
         t = image.detach().cpu()
         if t.ndim != 3 or t.shape[0] != 3:
@@ -48,12 +52,16 @@ def to_rgb_array(image: ImageInput, max_side: int | None = None) -> np.ndarray:
         if image.dtype != np.uint8:
             raise ValueError(f"image arrays must be uint8 (0-255), got {image.dtype}")
         return np.ascontiguousarray(image[..., :3])
-    raise TypeError(f"unsupported image type {type(image).__name__}; give a path, a numpy array or a tensor")
+    raise TypeError(
+        f"unsupported image type {type(image).__name__}; give a path, a numpy array, a tensor or a PIL image"
+    )
 
 
 def image_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     """One image or many, as a list: a path, an array or a ``(3, H, W)`` tensor is one image;
     a ``(N, 3, H, W)`` tensor or any other iterable is many."""
+    if _is_pil(images):
+        return [images]
     if isinstance(images, (str, os.PathLike, np.ndarray, Tensor)) and not (
         isinstance(images, Tensor) and images.ndim == 4
     ):
@@ -76,3 +84,7 @@ def original_size(image: ImageInput, array: np.ndarray) -> tuple[int, int]:
     if isinstance(image, (str, os.PathLike)):
         return image_size(image)
     return tuple(array.shape[:2])
+
+
+def _is_pil(image) -> bool:
+    return isinstance(image, Image.Image)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -27,7 +28,10 @@ import numpy as np
 
 from ..data.image import IMAGE_EXTENSIONS, ImageReadError, image_size, read_image
 from ..viz.draw import draw_boxes, save_image
+from .annotate import AnnotationWriter
 from .images import reading_limit
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -71,6 +75,13 @@ def expand_sources(sources: Sequence[str]) -> tuple[list[str], list[str]]:
 
     for src in sources:
         src = os.fspath(src)
+        kind = source_kind(src)
+        if kind == "image-url":
+            images.append(src)
+            continue
+        if kind in ("camera", "stream"):
+            videos.append(src)
+            continue
         if os.path.isdir(src):
             found = sorted(
                 os.path.join(root, f)
@@ -95,7 +106,55 @@ def expand_sources(sources: Sequence[str]) -> tuple[list[str], list[str]]:
     return images, videos
 
 
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+TIMEOUT_S = 10.0  # opening a stream or URL, and waiting for one frame of a stream
+
+
+def source_kind(src: str) -> str:
+    """``"camera"`` (a device index such as ``0``, when no file of that name exists),
+    ``"image-url"`` (http(s) URL of an image file), ``"stream"`` (any other URL: RTSP, RTMP,
+    HTTP video or MJPEG), else ``"path"``."""
+    if src.isdigit() and not os.path.exists(src):
+        return "camera"
+    low = src.lower()
+    if low.startswith(STREAM_SCHEMES):
+        path = low.split("?", 1)[0].split("#", 1)[0]
+        is_image = path.startswith(("http://", "https://")) and path.endswith(IMAGE_EXTENSIONS)
+        return "image-url" if is_image else "stream"
+    return "path"
+
+
+def read_url_image(
+    url: str, max_side: int | None = None, timeout: float = TIMEOUT_S
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """An image fetched from an http(s) URL (bounded by ``timeout``): ``(RGB array, reduced to
+    max_side if larger; (height, width) as fetched)``."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            data = r.read(512 * 2**20 + 1)
+    except Exception as e:
+        raise ImageReadError(f"{url}: could not fetch ({type(e).__name__}: {e})") from None
+    if len(data) > 512 * 2**20:
+        raise ImageReadError(f"{url}: larger than 512 MB")
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageReadError(f"{url}: not a decodable image")
+    full = tuple(bgr.shape[:2])
+    if max_side is not None and max(bgr.shape[:2]) > max_side:
+        scale = max_side / max(bgr.shape[:2])
+        size = (max(1, round(bgr.shape[1] * scale)), max(1, round(bgr.shape[0] * scale)))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), full
+
+
 def _unique_name(path: str, used: set[str]) -> str:
+    kind = source_kind(path)
+    if kind == "camera":
+        path = f"camera{path}"
+    elif kind != "path":
+        path = path.split("?", 1)[0].rstrip("/")
     stem = os.path.splitext(os.path.basename(path))[0] or "image"
     name, i = stem, 1
     while name in used:
@@ -108,6 +167,9 @@ def _unique_name(path: str, used: set[str]) -> str:
 def _read(path: str, max_side: int | None) -> tuple[str, np.ndarray | None, str | None, tuple[int, int] | None]:
     """``(path, RGB array (reduced to max_side if larger), error, (h, w) of the file)``."""
     try:
+        if source_kind(path) == "image-url":
+            image, full = read_url_image(path, max_side)
+            return path, image, None, full
         return path, read_image(path, max_side=max_side), None, image_size(path)
     except (ImageReadError, OSError, ValueError) as e:
         return path, None, str(e), None
@@ -164,9 +226,12 @@ def predict_files(
     draw: bool = True,
     save_txt: bool = True,
     progress: bool = True,
+    save_format: Sequence[str] = (),
 ) -> PredictSummary:
     """Run ``detector`` (a :class:`~multibox.Detector` or :class:`~multibox.export.OnnxDetector`)
-    over ``sources`` and write the results described in the module docstring to ``out_dir``."""
+    over ``sources`` and write the results described in the module docstring to ``out_dir``;
+    ``save_format`` adds annotation files for labelling tools (``yolo``, ``voc``, ``coco``:
+    :mod:`multibox.inference.annotate`)."""
     from tqdm import tqdm
 
     image_paths, video_paths = expand_sources(sources)
@@ -181,8 +246,9 @@ def predict_files(
     used: set[str] = set()
     dets = _JsonArrayWriter(os.path.join(out_dir, "detections.json"))
     image_entries: list[dict] = []
+    writers = [AnnotationWriter(fmt, out_dir, names) for fmt in dict.fromkeys(save_format)]
 
-    def record(pred, name: str, source: str, image: np.ndarray | None, full_size=None) -> None:
+    def record(pred, name: str, source: str, image: np.ndarray | None, full_size=None, ext: str = ".jpg") -> None:
         """Write one image's results; ``pred`` is in pixels of ``image`` (drawn as it is), and the
         files get them in pixels of the full-size file (``full_size``) when it was read reduced."""
         drawn = pred
@@ -199,6 +265,8 @@ def predict_files(
         if save_txt:
             with open(os.path.join(txt_dir, f"{name}.txt"), "w") as f:
                 f.write(_labels_text(pred))
+        for writer in writers:
+            writer.add(pred, name + ext)
         if draw and image is not None:
             save_image(
                 os.path.join(img_dir, f"{name}.jpg"), draw_boxes(image, drawn.boxes, drawn.labels, names, drawn.scores)
@@ -219,7 +287,8 @@ def predict_files(
             )
             for (p, im, full), pred in zip(ok, preds):
                 pred.source = p
-                record(pred, _unique_name(p, used), p, im, full)
+                ext = os.path.splitext(p.split("?", 1)[0])[1] or ".jpg"
+                record(pred, _unique_name(p, used), p, im, full, ext)
             bar.update(len(batch))
             bar.set_postfix(detections=summary.detections, failed=len(summary.failed))
         bar.close()
@@ -233,6 +302,8 @@ def predict_files(
                 summary.failed.append((v, str(e)))
     finally:
         dets.close()
+        for writer in writers:
+            writer.close()
         with open(os.path.join(out_dir, "images.json"), "w") as f:
             json.dump(
                 {"images": image_entries, "categories": [{"id": i, "name": n} for i, n in enumerate(names, start=1)]}, f
@@ -244,25 +315,52 @@ def predict_files(
     return summary
 
 
+def open_capture(src: str, timeout: float = TIMEOUT_S) -> cv2.VideoCapture:
+    """An opened ``cv2.VideoCapture`` for a video file, camera index or stream URL; opening and
+    each read of a stream are bounded by ``timeout`` seconds. A source that cannot be opened is
+    an :class:`ImageReadError` naming it."""
+    kind = source_kind(src)
+    ms = int(timeout * 1000)
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+    if kind == "camera":
+        cap = cv2.VideoCapture(int(src), cv2.CAP_ANY, params)
+        what = f"camera {src}: cannot open (no such device, or it is in use)"
+    elif kind == "stream":
+        cap = cv2.VideoCapture(src, cv2.CAP_FFMPEG, params)
+        what = f"{src}: cannot open the stream (unreachable, or not a video) within {timeout:.0f} s"
+    else:
+        cap = cv2.VideoCapture(src)
+        what = f"{src}: cannot open as a video"
+    if not cap.isOpened():
+        cap.release()
+        raise ImageReadError(what)
+    return cap
+
+
 def _predict_video(detector, path, out_dir, name, conf, iou, max_det, batch_size, record, progress) -> None:
     from tqdm import tqdm
 
-    cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        raise ImageReadError(f"{path}: cannot open as a video")
+    cap = open_capture(path)
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     writer = None
     bar = tqdm(total=total, desc=os.path.basename(path), unit="frame", disable=not progress)
     frame_no = 0
+    live = source_kind(path) in ("camera", "stream")
     try:
         while True:
             frames = []
-            while len(frames) < batch_size:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            try:
+                while len(frames) < (1 if live else batch_size):  # live: each frame as it comes
+                    ok, bgr = cap.read()
+                    if not ok:
+                        break
+                    frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            except KeyboardInterrupt:
+                if not live:
+                    raise
+                log.info(f"{path}: stopped by Ctrl-C after {frame_no} frames; what was written is kept")
+                break
             if not frames:
                 break
             preds = detector.predict(frames, conf=conf, iou=iou, max_det=max_det, batch_size=batch_size)
