@@ -110,10 +110,15 @@ def test_torch_export_based_onnx_exporter_matches_pytorch(exports, tmp_path):
     """The ``dynamo=True`` exporter writes the same detector (NMS as ONNX's operator)."""
     pytest.importorskip("onnxscript")
     _, _, det, _ = exports
+    import onnx
+
     path = export_onnx(det.model, tmp_path / "dynamo.onnx", det.class_names, dynamo=True)
+    legacy = export_onnx(det.model, tmp_path / "legacy.onnx", det.class_names, dynamo=False)
+    assert "NonMaxSuppression" in {n.op_type for n in onnx.load(path).graph.node}
     batch = images(4, seed=5)
-    assert_same(det.predict(batch), OnnxDetector(path).predict(batch))
-    assert_same(det.predict(batch[:1]), OnnxDetector(path).predict(batch[:1]))
+    for p in (path, legacy):
+        assert_same(det.predict(batch), OnnxDetector(p).predict(batch))
+        assert_same(det.predict(batch[:1]), OnnxDetector(p).predict(batch[:1]))
 
 
 def test_pil_images_are_inputs(exports):
@@ -204,11 +209,13 @@ def test_save_formats_read_back_with_the_dataset_readers(exports, tmp_path):
         str(out / "coco" / "annotations.json"), str(out / "coco" / "images"), names, keep_empty_categories=True
     )
     yolo = yolo_dataset(sorted(str(p) for p in (out / "yolo" / "images").iterdir()), names, "yolo")
-    for ds, tol in ((voc, 0.06), (coco, 0.006), (yolo, 0.01)):
+    for ds, tol in ((voc, 0.051), (coco, 0.011), (yolo, 0.01)):  # the precision each format is written at
         assert len(ds) == 3
         for r in ds.records:
             p = preds[os.path.basename(r.image_path)]
-            order = np.lexsort(p.boxes.T[::-1])
-            got = np.lexsort(r.boxes.T[::-1])
-            assert r.labels[got].tolist() == p.labels[order].tolist()
-            np.testing.assert_allclose(r.boxes[got], p.boxes[order], atol=tol)
+            assert len(r.labels) == len(p.labels)
+            unused = np.ones(len(p.labels), bool)
+            for label, box in zip(r.labels, r.boxes):  # each read-back box has its own prediction
+                close = unused & (p.labels == label) & (np.abs(p.boxes - box).max(axis=1) <= tol)
+                assert close.any(), (ds.name, label, box)
+                unused[np.flatnonzero(close)[0]] = False

@@ -183,7 +183,7 @@ def decode_boxes(offsets: Tensor, priors: Tensor, variances: tuple[float, float]
 def clip_boxes(boxes: Tensor, width: float | Tensor = 1.0, height: float | Tensor = 1.0) -> Tensor:
     """Clip xyxy boxes to ``[0, width] x [0, height]`` (per-image sizes broadcast)."""
     if isinstance(width, (int, float)) and isinstance(height, (int, float)) and width == height:  # one clamp
-        return boxes.clamp(0, width)
+        return boxes.clamp(0.0, float(width))  # both floats: the torch.export-based ONNX exporter needs one type
     w = torch.as_tensor(width, dtype=boxes.dtype, device=boxes.device)
     h = torch.as_tensor(height, dtype=boxes.dtype, device=boxes.device)
     upper = torch.stack((w, h, w, h), dim=-1)

@@ -19,9 +19,10 @@ clip, the best ``candidates_per_class`` per class, per-class greedy NMS (ONNX's
     OnnxDetector("model.onnx").predict(["a.jpg"])   # multibox.inference.runtime
     export_openvino("model.onnx", "model.xml")      # the same graph as an OpenVINO IR
 
-``dynamo=True`` writes the graph with PyTorch's ``torch.export``-based exporter (NMS as the
-``multibox::nms_groups`` operator, translated to ONNX's ``NonMaxSuppression``); the default
-is the TorchScript-based exporter (docs/benchmarks.md compares them).
+The graph is written by PyTorch's ``torch.export``-based exporter (NMS as the
+``multibox::nms_groups`` operator, translated to ONNX's ``NonMaxSuppression``) when
+``onnxscript`` is installed, else by the TorchScript-based one (``dynamo=False`` asks for it);
+both give the same detections (tests/test_export.py, tests/test_deploy.py).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def export_onnx(
     max_detections: int | None = None,
     opset: int = OPSET,
     postprocess: bool = True,
-    dynamo: bool = False,
+    dynamo: bool | None = None,
 ) -> str:
     """Write the whole detector (network, decoding, NMS) as one ONNX file with a dynamic batch.
 
@@ -172,6 +173,13 @@ def export_onnx(
     """
     import onnx
 
+    if dynamo is None:  # the torch.export-based exporter where its ONNX builder is installed
+        try:
+            import onnxscript  # noqa: F401
+
+            dynamo = True
+        except ImportError:
+            dynamo = False
     path = os.fspath(path)
     if len(class_names) != model.num_classes:
         raise ValueError(f"{len(class_names)} class names for a model with {model.num_classes} classes")
