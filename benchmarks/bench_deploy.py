@@ -5,6 +5,7 @@ trained demo checkpoint and BCCD are present, the BCCD test mAP of the float32 a
 
     python -m benchmarks --only deploy                      # part of the full table
     python -m benchmarks.bench_deploy [--checkpoint runs/demo/last.pt] [--models ssdlite_effl0,ssd300_vgg16]
+    python -m benchmarks.bench_deploy --breakdown          # where the demo model's time goes
 
 int8: the network's convolutions quantised (QDQ, per-channel weights), calibrated on 100
 training images (BCCD train when present, else generated pictures); decoding and NMS in float32.
@@ -189,6 +190,40 @@ def _bccd_map(f32: str, i8: str, tmp: str, names, row, what: str) -> None:
         row(f"deploy {what}: BCCD test area mAP@0.5, {label}", value, None, "mAP", "")
 
 
+def breakdown(checkpoint: str, repeat: int = 30) -> None:
+    """Where the time of a checkpoint's exports goes, batch 1: the detector with its test-time
+    views and with one view, and the network alone, in ONNX Runtime float32 and int8 and
+    OpenVINO int8 (prints ms)."""
+    import onnxruntime as ort
+
+    from multibox.inference.quantize import quantize_onnx
+    from multibox.inference.runtime import OpenVinoDetector
+
+    model, names = model_from_checkpoint(checkpoint)
+    calib = _bccd_paths("train")[:100]
+    x = _images(1, model.image_size, _bccd_paths("test"))
+    with tempfile.TemporaryDirectory() as d:
+        for tta in dict.fromkeys([model.postprocess_config.tta, "none"]):
+            model.postprocess_config.tta = tta
+            f = export_onnx(model, f"{d}/f_{tta}.onnx", names)
+            q = quantize_onnx(f, f"{d}/q_{tta}.onnx", calib)
+            of, oq = OnnxDetector(f), OnnxDetector(q)
+            vq = OpenVinoDetector(export_openvino(q, f"{d}/q_{tta}.xml"))
+            times = [_median_ms(lambda r=r: r.run(x), repeat) for r in (of, oq, vq)]
+            print(f"detector, views {tta}: " + " / ".join(f"{t:.1f}" for t in times) + " ms")
+        n = export_onnx(model, f"{d}/net.onnx", names, postprocess=False)
+        nq = quantize_onnx(n, f"{d}/netq.onnx", calib)
+        sessions = [ort.InferenceSession(n), ort.InferenceSession(nq)]
+        times = [_median_ms(lambda s=s: s.run(None, {"images": x}), repeat) for s in sessions]
+        import openvino as ov
+
+        core = ov.Core()
+        request = core.compile_model(core.read_model(nq), "CPU", {"PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+        times.append(_median_ms(lambda: request.infer({"images": x}), repeat))
+        print("network alone: " + " / ".join(f"{t:.1f}" for t in times) + " ms")
+    print("(ONNX Runtime float32 / ONNX Runtime int8 / OpenVINO int8, batch 1)")
+
+
 def bench_deploy(quick: bool, row=None, checkpoint: str | None = None, models: str = "ssdlite_effl0,ssd300_vgg16"):
     if row is None:
         from benchmarks.__main__ import row
@@ -204,10 +239,14 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=None, help=f"a trained checkpoint (default {DEMO_CHECKPOINT} if present)")
     ap.add_argument("--models", default="ssdlite_effl0,ssd300_vgg16")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--breakdown", action="store_true", help="only where the checkpoint's time goes")
     a = ap.parse_args()
     from benchmarks.__main__ import row
 
     torch.set_num_threads(os.cpu_count() or 1)
+    if a.breakdown:
+        breakdown(a.checkpoint or DEMO_CHECKPOINT)
+        return
     bench_deploy(a.quick, row, a.checkpoint, a.models)
 
 

@@ -145,13 +145,13 @@ def test_export_cli_torch_export(tmp_path):
     assert program.module()(torch.zeros(1, 3, 160, 160))[1].shape[-1] == 4
 
 
-@pytest.mark.parametrize("mode", ["hflip", "dihedral"])
-def test_onnx_export_carries_test_time_mirroring(tmp_path, mode):
+@pytest.mark.parametrize("mode, dynamo", [("hflip", False), ("dihedral", False), ("dihedral", True)])
+def test_onnx_export_carries_test_time_mirroring(tmp_path, mode, dynamo):
     """A model with tta set exports its mirrored (and transposed) views into the graph: ONNX
     Runtime gives the detector's predictions, which differ from the single view's."""
     det = Detector.from_checkpoint(make_checkpoint(tmp_path / "m.pt", seed=3, tta=mode))
     assert det.model.postprocess_config.tta == mode
-    onnx_det = OnnxDetector(export_onnx(det.model, tmp_path / "m.onnx", det.class_names))
+    onnx_det = OnnxDetector(export_onnx(det.model, tmp_path / "m.onnx", det.class_names, dynamo=dynamo))
     ims = images(2, seed=11)
     ref = det.predict(ims, batch_size=2)
     assert_same(ref, onnx_det.predict(ims, batch_size=2))
@@ -163,12 +163,13 @@ def test_onnx_export_carries_test_time_mirroring(tmp_path, mode):
     )
 
 
-def test_onnx_export_carries_box_voting(tmp_path):
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_onnx_export_carries_box_voting(tmp_path, dynamo):
     """A model with box_voting exports the voting into the graph: ONNX Runtime gives the
     detector's voted boxes, which differ from plain NMS's."""
     det = Detector.from_checkpoint(make_checkpoint(tmp_path / "m.pt", seed=4, box_voting=True))
     assert det.model.postprocess_config.box_voting
-    onnx_det = OnnxDetector(export_onnx(det.model, tmp_path / "m.onnx", det.class_names))
+    onnx_det = OnnxDetector(export_onnx(det.model, tmp_path / "m.onnx", det.class_names, dynamo=dynamo))
     ims = images(3, seed=12)
     ref = det.predict(ims, batch_size=3)
     assert_same(ref, onnx_det.predict(ims, batch_size=3))
