@@ -154,6 +154,7 @@ def served(tmp_path_factory):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+    server.server_close()
 
 
 def test_predict_image_urls_streams_and_dead_sources(exports, served, tmp_path, capsys):

@@ -309,9 +309,11 @@ def _cmd_val(args: argparse.Namespace) -> int:
     from .config import config_from_dict
     from .data.build import load_split
     from .inference.checkpoint import load_checkpoint, model_from_checkpoint
+    from .inference.device import resolve_device
 
     if args.checkpoint.lower().endswith((".onnx", ".xml")):
         return _val_export(args)
+    device = resolve_device(args.device)  # before any data is read
     ckpt = load_checkpoint(args.checkpoint)
     model, names = model_from_checkpoint(ckpt, args.checkpoint)
     cfg = config_from_dict(ckpt.get("config", {}))
@@ -328,9 +330,7 @@ def _cmd_val(args: argparse.Namespace) -> int:
         setattr(model.postprocess_config, name, value)
     if args.voc_convention:
         dataset.voc_convention = args.voc_convention
-    from .inference.device import resolve_device
-
-    report = _score_and_report(model, dataset, out, device=resolve_device(args.device), draw=args.draw)
+    report = _score_and_report(model, dataset, out, device=device, draw=args.draw)
     print(report.table())
     print(f"wrote metrics.json, metrics.txt, pr_curves/, errors.png and predictions/ to {out}")
     return 0
