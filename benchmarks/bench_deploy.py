@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 
 import numpy as np
 import torch
@@ -55,13 +54,9 @@ def _bccd_paths(split: str) -> list[str]:
 
 
 def _median_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1000 * float(np.median(times))
+    from benchmarks.__main__ import timeit
+
+    return 1000 * timeit(fn, repeat)  # one warm-up call, then the median
 
 
 def _compare(ref, out) -> str:

@@ -452,6 +452,26 @@ def test_annotation_paths_cannot_escape_the_dataset_root(tmp_path):
 # --- load: many images of mixed sizes through multibox predict --------------------------------
 
 
+def predict_peak_mb(ckpt, folder, out, *options) -> float:
+    """``multibox predict CKPT FOLDER --out OUT OPTIONS`` in a fresh process; its peak resident
+    memory in MB (VmHWM: the process's own peak; ru_maxrss would include the parent's at fork)."""
+    argv = ["predict", str(ckpt), str(folder), "--out", str(out), *options]
+    script = textwrap.dedent(f"""
+        import sys
+        from multibox.cli import main
+        rc = main({argv!r})
+        hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
+        print("PEAK_RSS_MB", int(hwm) / 1024)
+        sys.exit(rc)
+    """)
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    peak = float(res.stdout.split("PEAK_RSS_MB")[1].split()[0])
+    print(f"peak RSS {peak:.0f} MB")
+    return peak
+
+
 def test_predict_1000_images_bounded_memory_one_result_each(tmp_path):
     """Runs ``multibox predict`` in a subprocess over 1,000 generated images (mixed sizes, a few
     unreadable) and reads its peak resident memory; see docs/reliability.md for the figure."""
@@ -467,21 +487,7 @@ def test_predict_1000_images_bounded_memory_one_result_each(tmp_path):
         w, h = int(rng.integers(32, 900)), int(rng.integers(32, 700))
         Image.fromarray(np.full((h, w, 3), (i * 37) % 255, np.uint8)).save(name, quality=60)
     ckpt = make_checkpoint(tmp_path / "m.pt")
-    script = textwrap.dedent(f"""
-        import sys
-        from multibox.cli import main
-        rc = main(["predict", {ckpt!r}, {str(folder)!r}, "--out", {str(tmp_path / "out")!r}, "--conf", "0.5",
-                   "--batch-size", "16"])
-        # VmHWM: this process's own peak (ru_maxrss would include the parent's at fork time)
-        hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-        print("PEAK_RSS_MB", int(hwm) / 1024)
-        sys.exit(rc)
-    """)
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    peak = float(res.stdout.split("PEAK_RSS_MB")[1].split()[0])
-    print(f"peak RSS {peak:.0f} MB")
+    peak = predict_peak_mb(ckpt, folder, tmp_path / "out", "--conf", "0.5", "--batch-size", "16")
     assert peak < 1500
     out = tmp_path / "out"
     assert len(os.listdir(out / "labels")) == 997 and len(os.listdir(out / "images")) == 997
@@ -500,19 +506,7 @@ def test_predict_huge_pngs_stays_under_its_memory_bound(tmp_path):
     for i in range(2):
         Image.new("RGB", (12000, 12000), (10 + 40 * i, 200, 30)).save(folder / f"big{i}.png")
     ckpt = make_checkpoint(tmp_path / "m.pt", image_size=320)
-    script = textwrap.dedent(f"""
-        import sys
-        from multibox.cli import main
-        rc = main(["predict", {ckpt!r}, {str(folder)!r}, "--out", {str(tmp_path / "out")!r}, "--batch-size", "2"])
-        hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1]
-        print("PEAK_RSS_MB", int(hwm) / 1024)
-        sys.exit(rc)
-    """)
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
-    assert res.returncode == 0, res.stderr[-2000:]
-    peak = float(res.stdout.split("PEAK_RSS_MB")[1].split()[0])
-    print(f"peak RSS {peak:.0f} MB")
+    peak = predict_peak_mb(ckpt, folder, tmp_path / "out", "--batch-size", "2")
     assert peak < 1200  # before reduced reading: 3.2 GB for four such images at batch 4
     meta = json.loads((tmp_path / "out" / "images.json").read_text())
     assert [(m["width"], m["height"]) for m in meta["images"]] == [(12000, 12000)] * 2

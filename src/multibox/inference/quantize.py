@@ -70,11 +70,7 @@ def quantize_onnx(
             batch = next(self.batches, None)
             if batch is None:
                 return None
-            feeds = {
-                "images": batch,
-                "score_threshold": np.array(det.score_threshold, np.float32),
-                "iou_threshold": np.array(det.iou_threshold, np.float32),
-            }
+            feeds = det.feeds(batch)
             return {k: v for k, v in feeds.items() if k in inputs}  # a network-only export takes images alone
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -49,14 +49,17 @@ class OnnxDetector:
         self.max_detections = int(meta["max_detections"])
         self.outputs = meta.get("outputs", "detections")
 
-    def run(self, images: np.ndarray, conf: float | None = None, iou: float | None = None):
-        """Raw outputs for a float32 ``(N, 3, H, W)`` batch: ``boxes, scores, labels, num``."""
-        feeds = {
+    def feeds(self, images: np.ndarray, conf: float | None = None, iou: float | None = None) -> dict:
+        """The graph's inputs for a float32 ``(N, 3, H, W)`` batch (default thresholds: the export's)."""
+        return {
             "images": np.ascontiguousarray(images, dtype=np.float32),
             "score_threshold": np.array(self.score_threshold if conf is None else conf, dtype=np.float32),
             "iou_threshold": np.array(self.iou_threshold if iou is None else iou, dtype=np.float32),
         }
-        return self.session.run(None, feeds)
+
+    def run(self, images: np.ndarray, conf: float | None = None, iou: float | None = None):
+        """Raw outputs for a float32 ``(N, 3, H, W)`` batch: ``boxes, scores, labels, num``."""
+        return self.session.run(None, self.feeds(images, conf, iou))
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -134,10 +137,5 @@ class OpenVinoDetector(OnnxDetector):
         self.request = self.compiled.create_infer_request()
 
     def run(self, images: np.ndarray, conf: float | None = None, iou: float | None = None):
-        feeds = {
-            "images": np.ascontiguousarray(images, dtype=np.float32),
-            "score_threshold": np.array(self.score_threshold if conf is None else conf, dtype=np.float32),
-            "iou_threshold": np.array(self.iou_threshold if iou is None else iou, dtype=np.float32),
-        }
-        out = self.request.infer(feeds)
+        out = self.request.infer(self.feeds(images, conf, iou))
         return [out[self.compiled.output(name)] for name in ("boxes", "scores", "labels", "num")]
