@@ -393,3 +393,12 @@ def test_reduced_reading_keeps_exif_orientation(tmp_path, orientation):
 
     ref = cv2.resize(whole, small.shape[1::-1], interpolation=cv2.INTER_AREA).astype(int)
     assert np.abs(small.astype(int) - ref).mean() < 3.0
+
+
+def test_clean_boxes_counts_clips_beyond_a_pixel():
+    from multibox.data.base import clean_boxes
+
+    boxes = np.array([[-0.4, 10, 50, 120.3], [-5, 10, 50, 60], [10, 10, 20, 20]], np.float32)
+    out, keep, n = clean_boxes(boxes, (120, 160))
+    assert out.tolist() == [[0, 10, 50, 120], [0, 10, 50, 60], [10, 10, 20, 20]] and keep.all()
+    assert n == 1  # the rounding of a border coordinate is clipped, not counted

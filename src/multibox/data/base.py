@@ -129,10 +129,11 @@ def reconcile_size(
 
 def clean_boxes(boxes: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
     """Clip ``(K, 4)`` pixel boxes to an image of ``size`` (h, w); return the boxes,
-    a mask of the non-degenerate ones, and how many were clipped."""
+    a mask of the non-degenerate ones, and how many were clipped by more than a pixel (the
+    rounding of normalised YOLO or COCO coordinates at the border is clipped without a count)."""
     h, w = size
     clipped = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
-    n_clipped = int((np.abs(clipped - boxes) > 1e-6).any(axis=1).sum()) if len(boxes) else 0
+    n_clipped = int((np.abs(clipped - boxes) > 1.0).any(axis=1).sum()) if len(boxes) else 0
     keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
     return clipped, keep, n_clipped
 
