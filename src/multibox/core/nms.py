@@ -29,7 +29,7 @@ from torch import Tensor
 from .._kernels.loops import greedy_nms_groups
 from .._kernels.ranges import concat_ranges
 from .._kernels.select import searchsorted, where
-from .boxes import box_area, box_iou
+from .boxes import box_iou
 
 
 def overlap_mask(boxes: Tensor, iou_threshold: float) -> Tensor:
@@ -53,11 +53,18 @@ def overlap_mask(boxes: Tensor, iou_threshold: float) -> Tensor:
     return inter.mul_(1.0 + iou_threshold) > sums.mul_(iou_threshold)
 
 
-def overlaps_above(a: Tensor, b: Tensor, iou_threshold: float | Tensor) -> Tensor:
-    """``IoU(a, b) > iou_threshold`` for broadcastable ``(..., 4)`` xyxy boxes, pair by pair: the
-    test of :func:`overlap_mask` without its in-place ``(G, K, K)`` blocks."""
-    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(min=0)
-    return wh[..., 0] * wh[..., 1] * (1.0 + iou_threshold) > (box_area(a) + box_area(b)) * iou_threshold
+def overlaps_above(a: Tensor, b: Tensor, iou_threshold: float | Tensor, dim: int = -1) -> Tensor:
+    """``IoU(a, b) > iou_threshold`` for broadcastable xyxy boxes with their coordinates along
+    ``dim`` (``(..., 4)`` by default), pair by pair: the test of :func:`overlap_mask` without its
+    in-place ``(G, K, K)`` blocks. ``dim`` elsewhere takes coordinate-major blocks such as
+    ``(..., 4, K)``, whose coordinates are contiguous slices."""
+    ax1, ay1, ax2, ay2 = a.unbind(dim)
+    bx1, by1, bx2, by2 = b.unbind(dim)
+    iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
+    ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+    area_a = (ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0)
+    area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)
+    return iw * ih * (1.0 + iou_threshold) > (area_a + area_b) * iou_threshold
 
 
 def greedy_nms_keep(overlaps: Tensor, valid: Tensor) -> Tensor:

@@ -145,15 +145,16 @@ def _vote(
 ) -> Tensor:
     """:func:`multibox.nms.vote_boxes` on dense blocks: ``kept (N, D, 4)`` of classes ``cls (N, D)``
     against the candidates ``cand (N, C, K, 4)`` with ``cand_scores (N, C, K)`` of their class
-    (those above the score threshold vote)."""
+    (those above the score threshold vote). The voters are gathered coordinate-major,
+    ``(N, D, 4, K)``, so that each coordinate is one contiguous ``(N, D, K)`` block."""
     n, d = cls.shape
     k = cand.shape[2]
-    voters = torch.gather(cand, 1, cls.view(n, d, 1, 1).expand(-1, -1, k, 4))  # (N, D, K, 4)
+    voters = torch.gather(cand.transpose(2, 3), 1, cls.view(n, d, 1, 1).expand(-1, -1, 4, k))  # (N, D, 4, K)
     scores = torch.gather(cand_scores, 1, cls.view(n, d, 1).expand(-1, -1, k))  # (N, D, K)
-    member = overlaps_above(kept.unsqueeze(2), voters, iou_threshold) & (scores > score_threshold)
-    weight = torch.where(member, scores, torch.zeros_like(scores))
+    member = overlaps_above(kept.unsqueeze(-1), voters, iou_threshold, dim=2) & (scores > score_threshold)
+    weight = torch.where(member, scores, torch.zeros_like(scores))  # (N, D, K)
     total = weight.sum(-1, keepdim=True)
-    voted = (voters * weight.unsqueeze(-1)).sum(2) / total.clamp(min=torch.finfo(total.dtype).tiny)
+    voted = (voters * weight.unsqueeze(2)).sum(-1) / total.clamp(min=torch.finfo(total.dtype).tiny)
     return torch.where(total > 0, voted, kept)
 
 

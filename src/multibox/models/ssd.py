@@ -223,14 +223,16 @@ class SSD(nn.Module):
         """The forward pass, averaged over mirrored views when ``tta`` (default: the model's
         ``postprocess_config.tta``) asks for them (see :mod:`multibox.tta`)."""
         mode = check_tta(self.postprocess_config.tta if tta is None else tta)
-        loc, logits = self(images)
         if mode == "none":
-            return loc, logits
+            return self(images)
         flips = TTA_MODES[mode]
-        views, partners = [(loc, logits)], [None]
-        for flip in flips:
-            views.append(self(mirror_images(images, *flip)))
-            partners.append(mirror_partners(self.prior_maps, *flip).to(images.device))
+        inputs = [images] + [mirror_images(images, *flip) for flip in flips]
+        partners = [None] + [mirror_partners(self.prior_maps, *flip).to(images.device) for flip in flips]
+        if all(v.shape == images.shape for v in inputs):  # one pass over all views: larger, faster batches
+            loc, logits = self(torch.cat(inputs))
+            views = list(zip(loc.chunk(len(inputs)), logits.chunk(len(inputs))))
+        else:  # transposed views of a non-square input
+            views = [self(v) for v in inputs]
         return merge_views(
             views, partners, [(False, False, False), *flips], self.priors, self.score_type, self.variances
         )
