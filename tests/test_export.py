@@ -145,18 +145,20 @@ def test_export_cli_torch_export(tmp_path):
     assert program.module()(torch.zeros(1, 3, 160, 160))[1].shape[-1] == 4
 
 
-@pytest.mark.parametrize("mode, dynamo", [("hflip", False), ("dihedral", False), ("dihedral", True)])
+@pytest.mark.parametrize("mode, dynamo", [("hflip", False), ("hvflip", True), ("dihedral", False), ("dihedral", True)])
 def test_onnx_export_carries_test_time_mirroring(tmp_path, mode, dynamo):
-    """A model with tta set exports its mirrored (and transposed) views into the graph: ONNX
-    Runtime gives the detector's predictions, which differ from the single view's."""
+    """A model with tta set exports its mirrored (and transposed) views into the graph, the
+    views batched, with a batch dimension that stays dynamic (the export traces batch 2): ONNX
+    Runtime gives the detector's predictions at batch 1 and 3, which differ from the single view's."""
     det = Detector.from_checkpoint(make_checkpoint(tmp_path / "m.pt", seed=3, tta=mode))
     assert det.model.postprocess_config.tta == mode
     onnx_det = OnnxDetector(export_onnx(det.model, tmp_path / "m.onnx", det.class_names, dynamo=dynamo))
-    ims = images(2, seed=11)
-    ref = det.predict(ims, batch_size=2)
-    assert_same(ref, onnx_det.predict(ims, batch_size=2))
+    ims = images(3, seed=11)
+    ref = det.predict(ims, batch_size=3)
+    assert_same(ref, onnx_det.predict(ims, batch_size=3))
+    assert_same(ref, onnx_det.predict(ims, batch_size=1))
     det.tta = "none"
-    single = det.predict(ims, batch_size=2)
+    single = det.predict(ims, batch_size=3)
     assert any(
         len(a) != len(b) or not np.allclose(np.sort(a.scores)[-5:], np.sort(b.scores)[-5:], atol=1e-3)
         for a, b in zip(ref, single)

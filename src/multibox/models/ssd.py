@@ -230,7 +230,10 @@ class SSD(nn.Module):
         partners = [None] + [mirror_partners(self.prior_maps, *flip).to(images.device) for flip in flips]
         if all(v.shape == images.shape for v in inputs):  # one pass over all views: larger, faster batches
             loc, logits = self(torch.cat(inputs))
-            views = list(zip(loc.chunk(len(inputs)), logits.chunk(len(inputs))))
+            v = len(inputs)  # (a reshape keeps the batch dynamic in both ONNX exporters; chunk would not)
+            views = list(
+                zip(loc.reshape(v, -1, *loc.shape[1:]).unbind(0), logits.reshape(v, -1, *logits.shape[1:]).unbind(0))
+            )
         else:  # transposed views of a non-square input
             views = [self(v) for v in inputs]
         return merge_views(
