@@ -162,3 +162,23 @@ def test_a_model_whose_priors_cannot_be_transposed_refuses_dihedral_when_built()
     SSD(*args, postprocess_config=PostprocessConfig(tta="hvflip"))  # mirrors need no twins
     with pytest.raises(ValueError, match=r"tta 'dihedral'.*0.3 x 0.1 has none"):
         SSD(*args, postprocess_config=PostprocessConfig(tta="dihedral"))
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_mirrored_images_in_onnx_graphs_are_the_flips(tmp_path, dynamo):
+    """In an ONNX export the mirrors are Gathers (runtimes run a reversing Slice slowly): the
+    graph, at a batch other than the traced one, gives exactly torch's flips."""
+    ort = pytest.importorskip("onnxruntime")
+    if dynamo:
+        pytest.importorskip("onnxscript")
+
+    class Views(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([mirror_images(x, *flip) for flip in TTA_MODES["hvflip"]])
+
+    x = torch.rand(2, 3, 5, 7)
+    kwargs = {"dynamic_shapes": ({0: torch.export.Dim("b")},)} if dynamo else {"dynamic_axes": {"x": {0: "b"}}}
+    torch.onnx.export(Views(), (x,), tmp_path / "v.onnx", dynamo=dynamo, input_names=["x"], **kwargs)
+    y = torch.rand(3, 3, 5, 7)
+    out = ort.InferenceSession(str(tmp_path / "v.onnx")).run(None, {"x": y.numpy()})[0]
+    assert torch.equal(torch.from_numpy(out), torch.cat([y.flip(-1), y.flip(-2), y.flip([-2, -1])]))

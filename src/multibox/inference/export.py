@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..core.boxes import clip_boxes, decode_boxes
+from ..core.boxes import clip_boxes
 from ..core.nms import overlaps_above
 from ..models.ssd import SSD
 
@@ -100,12 +100,10 @@ class ExportableSSD(nn.Module):
 
     def forward(self, images: Tensor, score_threshold: Tensor, iou_threshold: Tensor):
         m = self.model
-        loc, logits = m.forward_tta(images)  # with the model's test-time mirroring, if it has one
-        if m.score_type == "softmax":
-            scores = torch.softmax(logits.float(), dim=-1)[..., 1:]
-        else:
-            scores = torch.sigmoid(logits.float())
-        boxes = clip_boxes(decode_boxes(loc.float(), m.priors, m.variances))  # (N, P, 4)
+        # decoded boxes and probabilities, with the model's test-time mirroring if it has one
+        boxes, probs = m.forward_tta(images, decoded=True)
+        scores = probs[..., 1:] if m.score_type == "softmax" else probs
+        boxes = clip_boxes(boxes)  # (N, P, 4)
         c, k = scores.shape[-1], self.candidates
         # ONNX TopK puts the lower index first among equal values, as nms.postprocess's stable sort does
         top_scores, top_idx = scores.transpose(1, 2).topk(k, dim=-1)  # (N, C, K)
@@ -148,9 +146,12 @@ def _vote(
     (those above the score threshold vote). The voters are gathered coordinate-major,
     ``(N, D, 4, K)``, so that each coordinate is one contiguous ``(N, D, K)`` block."""
     n, d = cls.shape
-    k = cand.shape[2]
-    voters = torch.gather(cand.transpose(2, 3), 1, cls.view(n, d, 1, 1).expand(-1, -1, 4, k))  # (N, D, 4, K)
-    scores = torch.gather(cand_scores, 1, cls.view(n, d, 1).expand(-1, -1, k))  # (N, D, K)
+    c, k = cand.shape[1], cand.shape[2]
+    # row of each kept box's class among the N * C candidate blocks (a Gather of whole blocks,
+    # cheaper than a GatherElements with its index expanded to every coordinate)
+    rows = (cls + torch.arange(n, device=cls.device).unsqueeze(1) * c).reshape(-1)
+    voters = cand.transpose(2, 3).reshape(n * c, 4, k).index_select(0, rows).reshape(n, d, 4, k)
+    scores = cand_scores.reshape(n * c, k).index_select(0, rows).reshape(n, d, k)
     member = overlaps_above(kept.unsqueeze(-1), voters, iou_threshold, dim=2) & (scores > score_threshold)
     weight = torch.where(member, scores, torch.zeros_like(scores))  # (N, D, K)
     total = weight.sum(-1, keepdim=True)

@@ -19,10 +19,18 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..core.boxes import DEFAULT_VARIANCES, tanh_offsets
+from ..core.boxes import DEFAULT_VARIANCES, decode_boxes, tanh_offsets
 from ..core.postprocess import Detections, postprocess
 from ..core.priors import FeatureMapPriors, make_priors
-from ..core.tta import TTA_MODES, check_tta, check_views, merge_views, mirror_images, mirror_partners
+from ..core.tta import (
+    TTA_MODES,
+    check_tta,
+    check_views,
+    merge_views,
+    mirror_images,
+    mirror_partners,
+    probabilities,
+)
 from .heads import SSDHead
 
 
@@ -219,12 +227,18 @@ class SSD(nn.Module):
             box_voting=cfg.box_voting if box_voting is None else box_voting,
         )
 
-    def forward_tta(self, images: Tensor, tta: str | None = None) -> tuple[Tensor, Tensor]:
+    def forward_tta(self, images: Tensor, tta: str | None = None, decoded: bool = False) -> tuple[Tensor, Tensor]:
         """The forward pass, averaged over mirrored views when ``tta`` (default: the model's
-        ``postprocess_config.tta``) asks for them (see :mod:`multibox.tta`)."""
+        ``postprocess_config.tta``) asks for them (see :mod:`multibox.tta`). ``decoded``:
+        ``(boxes, probabilities)`` (xyxy image fractions, unclipped) instead of ``(offsets, logits)``."""
         mode = check_tta(self.postprocess_config.tta if tta is None else tta)
         if mode == "none":
-            return self(images)
+            loc, logits = self(images)
+            if not decoded:
+                return loc, logits
+            return decode_boxes(loc.float(), self.priors, self.variances), probabilities(
+                logits.float(), self.score_type
+            )
         flips = TTA_MODES[mode]
         inputs = [images] + [mirror_images(images, *flip) for flip in flips]
         partners = [None] + [mirror_partners(self.prior_maps, *flip).to(images.device) for flip in flips]
@@ -236,6 +250,5 @@ class SSD(nn.Module):
             )
         else:  # transposed views of a non-square input
             views = [self(v) for v in inputs]
-        return merge_views(
-            views, partners, [(False, False, False), *flips], self.priors, self.score_type, self.variances
-        )
+        flips = [(False, False, False), *flips]
+        return merge_views(views, partners, flips, self.priors, self.score_type, self.variances, encode=not decoded)
