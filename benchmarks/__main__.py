@@ -48,10 +48,10 @@ def row(
             "met": ok,
         }
     )
-    r = "" if ratio is None else f"{ratio:8.1f}x"
-    b = "" if base is None else f"{base:10.1f}"
+    r = "" if ratio is None else f"{ratio:8.2f}x"
+    b = "" if base is None else f"{base:10.4g}"
     flag = "" if ok is None else ("  met" if ok else "  NOT MET")
-    print(f"  {name:<58} {ours:10.1f} {b:>10} {unit:<8} {r:>9}  {target}{flag}", flush=True)
+    print(f"  {name:<58} {ours:10.4g} {b:>10} {unit:<8} {r:>9}  {target}{flag}", flush=True)
 
 
 def timeit(fn, repeat: int, warmup: int = 1) -> float:

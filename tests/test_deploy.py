@@ -87,6 +87,51 @@ def test_int8_export_stays_close_to_float(exports, tmp_path):
         quantize_onnx(onnx_path, tmp_path / "x.onnx", [])
 
 
+@pytest.mark.parametrize("quantiser", ["nncf", "onnxruntime"])
+def test_openvino_int8_quantisers(exports, tmp_path, quantiser):
+    """OpenVINO int8 by NNCF (OpenVINO's quantiser) or from ONNX Runtime's QDQ file: quantisers
+    on the inputs of convolutions only (decoding, NMS and voting in float32), the export's
+    metadata kept, and on the network's raw outputs for unseen images the tolerance of
+    ONNX Runtime's int8 (logits correlate at r > 0.95, offsets differ by < 0.15 on average)."""
+    ov = pytest.importorskip("openvino")
+    if quantiser == "nncf":
+        pytest.importorskip("nncf")
+    from multibox.inference.images import resize_batch
+    from multibox.inference.quantize import quantize_openvino
+    from multibox.inference.runtime import OpenVinoDetector
+
+    _, _, det, onnx_path = exports
+    calib = []
+    for i, im in enumerate(images(16, seed=7)):
+        calib.append(str(tmp_path / f"c{i}.jpg"))
+        Image.fromarray(im).save(calib[-1])
+    xml = quantize_openvino(onnx_path, tmp_path / "model.int8.xml", calib, quantiser=quantiser)
+    int8 = OpenVinoDetector(xml)
+    assert int8.precision == "int8" and int8.class_names == det.class_names
+    model = ov.Core().read_model(xml)
+    fed = {  # the operators that quantisers feed
+        t.get_node().get_type_name()
+        for op in model.get_ordered_ops()
+        if op.get_type_name() == "FakeQuantize"
+        for t in op.output(0).get_target_inputs()
+    }
+    assert {"Convolution", "GroupConvolution"} <= fed
+    if quantiser == "nncf":  # (ONNX Runtime's QDQ pairs also sit on convolution outputs)
+        assert fed == {"Convolution", "GroupConvolution"}
+    assert all(len(p) > 0 and p.boxes.dtype == np.float32 for p in int8.predict(images(3, seed=12), conf=0.3))
+
+    net = export_onnx(det.model, tmp_path / "net.onnx", det.class_names, postprocess=False)
+    net8 = quantize_openvino(net, tmp_path / "net.int8.xml", calib, quantiser=quantiser)
+    batch = resize_batch(images(6, seed=11), det.model.image_size).numpy().astype(np.float32)
+    core = ov.Core()
+    off, logits = core.compile_model(core.read_model(export_openvino(net, tmp_path / "net.xml")), "CPU")(batch).values()
+    off8, logits8 = core.compile_model(core.read_model(net8), "CPU")(batch).values()
+    assert np.corrcoef(logits.ravel(), logits8.ravel())[0, 1] > 0.95
+    assert np.abs(off - off8).mean() < 0.15
+    with pytest.raises(ValueError, match="needs calibration images"):
+        quantize_openvino(onnx_path, tmp_path / "x.xml", [], quantiser=quantiser)
+
+
 def test_export_cli_openvino_int8_and_val_on_the_export(tmp_path, capsys):
     pytest.importorskip("openvino")
     voc = make_voc(str(tmp_path / "voc"), n=6, split="test")

@@ -481,17 +481,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = out if args.format == "onnx" else os.path.join(tmp, "model.onnx")
         if args.int8:
-            from .inference.quantize import quantize_onnx
+            from .inference.quantize import quantize_onnx, quantize_openvino
 
             images = _calibration_images(args, ckpt)
             float_path = os.path.join(tmp, "float.onnx")
             export_onnx(model, float_path, names, max_detections=args.max_det)
             print(f"quantising the network to int8, calibrated on {len(images)} images")
-            quantize_onnx(float_path, onnx_path, images)
+            if args.format == "openvino":
+                quantize_openvino(float_path, out, images)
+            else:
+                quantize_onnx(float_path, onnx_path, images)
         else:
             export_onnx(model, onnx_path, names, max_detections=args.max_det)
-        if args.format == "openvino":
-            export_openvino(onnx_path, out)
+            if args.format == "openvino":
+                export_openvino(onnx_path, out)
     size = sum(os.path.getsize(p) for p in (out, os.path.splitext(out)[0] + ".bin") if os.path.exists(p))
     print(f"wrote {out} ({size / 1e6:.1f} MB)" + ("; score it with multibox val" if args.int8 else ""))
     return 0

@@ -42,6 +42,7 @@ class OnnxDetector:
             raise ValueError(f"{path}: not a multibox export (no class_names metadata)")
         self.path = path
         self.precision = meta.get("precision", "float32")
+        self.quantiser = meta.get("quantiser", "onnxruntime" if self.precision == "int8" else None)
         self.class_names: list[str] = json.loads(meta["class_names"])
         self.image_size: tuple[int, int] = tuple(json.loads(meta["image_size"]))
         self.score_threshold = float(meta["score_threshold"])
