@@ -149,6 +149,10 @@ def _loops() -> dict:
             _compiled = {}
         else:
             numba = _numba
+            if not any(k in os.environ for k in ("NUMBA_THREADING_LAYER", "NUMBA_THREADING_LAYER_PRIORITY")):
+                # OpenMP, PyTorch's own, first: Numba would take TBB where another library (OpenVINO)
+                # has loaded it, and its TBB pool crashes the process at a later fork
+                numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
             _compiled = {
                 "softmax": _jit(_rows_above_background, parallel=True),
                 "sigmoid": _jit(_rows_above, parallel=True),

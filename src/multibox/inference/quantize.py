@@ -123,8 +123,6 @@ def quantize_openvino(
     ``.bin``) with an int8 network calibrated on the ``calibration`` image files. ``quantiser``:
     ``"nncf"`` (OpenVINO's; fast bias correction on), ``"onnxruntime"`` (:func:`quantize_onnx`,
     then converted), or ``"auto"``: NNCF if installed, else ONNX Runtime's."""
-    import onnx
-
     from .export import export_openvino
 
     src, dst = os.fspath(src), os.fspath(dst)
@@ -132,21 +130,41 @@ def quantize_openvino(
         raise ValueError("int8 quantisation needs calibration images (e.g. 50-200 from the training set)")
     if quantiser not in ("auto", "nncf", "onnxruntime"):
         raise ValueError(f"unknown quantiser {quantiser!r}; choose from auto, nncf, onnxruntime")
-    nncf = None
-    if quantiser != "onnxruntime":
-        try:
-            import nncf
-        except ImportError:
-            if quantiser == "nncf":
-                raise ImportError("quantiser 'nncf' needs NNCF: pip install nncf") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        if nncf is None:
+    import importlib.util
+
+    use_nncf = quantiser != "onnxruntime" and importlib.util.find_spec("nncf") is not None
+    if quantiser == "nncf" and not use_nncf:
+        raise ImportError("quantiser 'nncf' needs NNCF: pip install nncf")
+    if not use_nncf:
+        with tempfile.TemporaryDirectory() as tmp:
             return export_openvino(quantize_onnx(src, os.path.join(tmp, "int8.onnx"), calibration), dst)
-        import logging
+    # NNCF runs in a Python process of its own, which leaves this one as it was (NNCF keeps
+    # worker threads alive, and imports a good deal)
+    import subprocess
+    import sys
 
-        import openvino as ov
+    args = json.dumps([os.path.abspath(src), os.path.abspath(dst), [os.path.abspath(p) for p in calibration]])
+    code = (
+        "import json, sys\nfrom multibox.inference import quantize\nquantize._nncf_quantize(*json.loads(sys.argv[1]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()]
+        raise RuntimeError(f"NNCF quantisation of {src} failed: {lines[-1] if lines else 'no message'}")
+    return dst
 
-        nncf.set_log_level(logging.WARNING)  # not a line per operator it leaves in float
+
+def _nncf_quantize(src: str, dst: str, calibration: list[str]) -> None:
+    import logging
+
+    import nncf
+    import onnx
+    import openvino as ov
+
+    from .export import export_openvino
+
+    nncf.set_log_level(logging.WARNING)  # not a line per operator it leaves in float
+    with tempfile.TemporaryDirectory() as tmp:
         meta = {p.key: p.value for p in onnx.load(src, load_external_data=False).metadata_props}
         model = ov.Core().read_model(export_openvino(src, os.path.join(tmp, "float.xml")))
         size = tuple(json.loads(meta["image_size"]))
@@ -171,4 +189,3 @@ def quantize_openvino(
             quantised.set_rt_info(value, ["multibox", key])
         os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
         ov.save_model(quantised, dst, compress_to_fp16=False)
-    return dst
