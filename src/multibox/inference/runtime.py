@@ -140,7 +140,7 @@ class OpenVinoDetector(OnnxDetector):
 
     def _request(self, batch: int):
         """The model compiled for a fixed batch size (OpenVINO picks faster kernels for static
-        shapes: 18 vs 22 ms for the demo model in int8); the last few sizes are kept."""
+        shapes); the last few sizes are kept."""
         if batch not in self._requests:
             model = self._model.clone()
             h, w = self.image_size
